@@ -1,0 +1,37 @@
+# Entry points: `make demo` and `make test` (see README). Everything runs in the locked uv environment.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: env test test-fast lint format bench demo clean
+
+# Install uv if missing (pip is all a fresh machine has), then create the locked environment.
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+		python3 -m pip install --quiet --user uv 2>/dev/null || \
+		python3 -m pip install --quiet --user --break-system-packages uv
+	$(UV) sync --frozen
+	@touch $@
+
+env: .venv/.synced
+
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: env
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: env
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: env
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: env
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache
