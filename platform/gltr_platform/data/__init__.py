@@ -1,0 +1,21 @@
+"""Datasets: readers (MARS, DukeMTMC-VideoReID), synthetic data, packed shards on S3, sync, loaders."""
+
+from gltr_platform.data.index import (
+    DatasetError,
+    DatasetIndex,
+    DirectoryFrameSource,
+    FrameSource,
+    Tracklet,
+    carve_validation,
+    relabel,
+)
+
+__all__ = [
+    "DatasetError",
+    "DatasetIndex",
+    "DirectoryFrameSource",
+    "FrameSource",
+    "Tracklet",
+    "carve_validation",
+    "relabel",
+]
