@@ -19,9 +19,7 @@ BACKBONES = {
 class ResNetBackbone(nn.Module):
     """ResNet trunk (stem + layer1..4) producing a (N, C, h, w) feature map; 256x128 in -> 16x8 out."""
 
-    def __init__(
-        self, name: str = "resnet50", weights: str | Path | None = None, last_stride: int = 1
-    ):
+    def __init__(self, name: str = "resnet50", weights: str | Path | None = None, last_stride: int = 1):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone {name!r}: choose one of {sorted(BACKBONES)}")
@@ -52,9 +50,7 @@ class ResNetBackbone(nn.Module):
 
 
 def _is_file_weights(weights: str | Path) -> bool:
-    return (
-        isinstance(weights, Path) or "/" in str(weights) or str(weights).endswith((".pth", ".pt"))
-    )
+    return isinstance(weights, Path) or "/" in str(weights) or str(weights).endswith((".pth", ".pt"))
 
 
 def _torchvision_weights(weights: str | Path | None, weights_enum):

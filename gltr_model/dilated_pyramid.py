@@ -14,9 +14,7 @@ class DilatedTemporalPyramid(nn.Module):
     concatenated too (`include_input`), giving (len(dilations) + 1) * channels output channels.
     """
 
-    def __init__(
-        self, channels: int, dilations: tuple[int, ...] = (1, 2, 3), include_input: bool = True
-    ):
+    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 3), include_input: bool = True):
         super().__init__()
         dilations = tuple(dilations)
         if not dilations or any(not isinstance(r, int) or r < 1 for r in dilations):
@@ -26,8 +24,7 @@ class DilatedTemporalPyramid(nn.Module):
         self.dilations = dilations
         self.include_input = include_input
         self.branches = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel_size=3, dilation=r, padding=r, bias=False)
-            for r in dilations
+            nn.Conv1d(channels, channels, kernel_size=3, dilation=r, padding=r, bias=False) for r in dilations
         )
         for conv in self.branches:
             nn.init.normal_(conv.weight, std=0.001)  # official init: starts close to zero

@@ -75,9 +75,7 @@ class GLTR(nn.Module):
 
     def forward(self, clips: torch.Tensor):
         if clips.dim() != 5:
-            raise ValueError(
-                f"GLTR expects clips of shape (B, T, 3, H, W), got {tuple(clips.shape)}"
-            )
+            raise ValueError(f"GLTR expects clips of shape (B, T, 3, H, W), got {tuple(clips.shape)}")
         embedding = self.temporal(self.frame_features(clips))
         bn = self.head_bn(embedding)
         if not self.training:

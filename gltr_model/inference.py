@@ -1,4 +1,4 @@
-"""Test-time tracklet embeddings: the whole tracklet at once, fixed-length chunks, or T evenly spaced frames."""
+"""Test-time tracklet embeddings: the whole tracklet, fixed-length chunks, or T evenly spaced frames."""
 
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ def embed_tracklet(
     if mode not in MODES:
         raise ValueError(f"unknown test mode {mode!r}: use one of {MODES}")
     if frames.dim() != 4 or len(frames) == 0:
-        raise ValueError(
-            f"frames must be a non-empty (n, 3, H, W) tensor, got {tuple(frames.shape)}"
-        )
+        raise ValueError(f"frames must be a non-empty (n, 3, H, W) tensor, got {tuple(frames.shape)}")
     if mode == "whole":
         return model(frames[None])[0]
     if mode == "evenly":

@@ -23,9 +23,7 @@ class TemporalSelfAttention(nn.Module):
         self.query = nn.Conv1d(channels, width, kernel_size=1)
         self.key = nn.Conv1d(channels, width, kernel_size=1)
         self.value = nn.Conv1d(channels, width, kernel_size=1)
-        self.out = nn.Sequential(
-            nn.Conv1d(width, channels, kernel_size=1), nn.BatchNorm1d(channels)
-        )
+        self.out = nn.Sequential(nn.Conv1d(width, channels, kernel_size=1), nn.BatchNorm1d(channels))
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
 
@@ -34,8 +32,6 @@ class TemporalSelfAttention(nn.Module):
         q = self.query(x).transpose(1, 2)  # (B, T, width)
         k = self.key(x)  # (B, width, T)
         v = self.value(x).transpose(1, 2)  # (B, T, width)
-        attn = torch.softmax(
-            q @ k, dim=-1
-        )  # (B, T, T): row t = how much frame t attends to each frame
+        attn = torch.softmax(q @ k, dim=-1)  # (B, T, T): row t = how much frame t attends to each frame
         y = (attn @ v).transpose(1, 2)  # (B, width, T)
         return x + self.out(y)

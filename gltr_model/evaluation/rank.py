@@ -35,9 +35,7 @@ def evaluate_rank(
     block_size: int = 256,
 ) -> tuple[np.ndarray, float]:
     """Return `(cmc, mAP)`: `cmc[k]` is the fraction of queries matched within the top k+1, mAP in [0, 1]."""
-    d, qp, gp, qc, gc = _check_inputs(
-        distmat, q_pids, g_pids, q_camids, g_camids, protocol, max_rank
-    )
+    d, qp, gp, qc, gc = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, protocol, max_rank)
     first = torch.zeros(d.shape[0], dtype=torch.long)  # rank of the first true match, 0 = none
     ap = torch.zeros(d.shape[0], dtype=torch.float64)
     for s in range(0, d.shape[0], block_size):
@@ -102,9 +100,7 @@ def _good_ranks(d, good, valid):
     # A true match tied with another valid entry needs gallery order to break the tie: exact path.
     nearest_below = gs.gather(1, (pos - 1).clamp_min(0))  # largest true-match distance <= d_j
     equal = (pos > 0) & (nearest_below == dv) & valid
-    within = (
-        torch.arange(kmax - 1)[None, :] < (k - 1)[:, None]
-    )  # pairs of real (not padded) matches
+    within = torch.arange(kmax - 1)[None, :] < (k - 1)[:, None]  # pairs of real (not padded) matches
     ties = (equal.sum(dim=1) > k) | ((gs[:, 1:] == gs[:, :-1]) & within).any(dim=1)
     for r in ties.nonzero().flatten().tolist():
         exact = _good_ranks_exact(d[r], good[r], valid[r])
@@ -140,9 +136,7 @@ def _summarise(first, ap, max_rank, protocol):
     matched = first > 0
     if protocol == "torchreid":
         if not matched.any():
-            raise ValueError(
-                "no query has a true match in the gallery: check the query/gallery split"
-            )
+            raise ValueError("no query has a true match in the gallery: check the query/gallery split")
         denominator = int(matched.sum())
         ap = ap[matched]
     else:

@@ -26,9 +26,7 @@ class ReIDLoss(nn.Module):
         self.triplet_weight = triplet_weight
         self.triplet = BatchHardTripletLoss(triplet_margin) if triplet_weight > 0 else None
 
-    def forward(
-        self, logits: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = self.ce_weight * self.ce(logits, labels)
         if self.triplet is not None:
             loss = loss + self.triplet_weight * self.triplet(embeddings, labels)

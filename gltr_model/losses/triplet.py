@@ -22,9 +22,7 @@ class BatchHardTripletLoss(nn.Module):
         hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=1)
         valid = torch.isfinite(hardest_neg) & (same.sum(dim=1) > 1)
         if not valid.any():
-            return (
-                embeddings.sum() * 0.0
-            )  # no positive/negative pairs in this batch: a zero with a graph
+            return embeddings.sum() * 0.0  # no positive/negative pairs in this batch: a zero with a graph
         gap = hardest_pos[valid] - hardest_neg[valid]
         if self.margin is None:
             return F.softplus(gap).mean()

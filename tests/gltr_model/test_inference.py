@@ -17,9 +17,7 @@ class FrameMean(nn.Module):
 def test_chunks_average_to_the_whole_tracklet_for_a_frame_mean_model():
     frames = torch.randn(23, 3, 4, 2)
     whole = embed_tracklet(FrameMean(), frames, "whole")
-    assert torch.allclose(
-        embed_tracklet(FrameMean(), frames, "chunks", chunk_len=5), whole, atol=1e-6
-    )
+    assert torch.allclose(embed_tracklet(FrameMean(), frames, "chunks", chunk_len=5), whole, atol=1e-6)
 
 
 def test_one_chunk_is_the_whole_tracklet_for_gltr():

@@ -126,9 +126,7 @@ def test_real_mars_structure_perfect_and_noisy_features(protocol, num_gallery):
     gf = torch.tensor(np.stack([centres[p] + 1.2 * rng.normal(size=32) for p in g_pids]))
     dist = torch.cdist(qf, gf).float().numpy()
     cmc, mAP = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, protocol=protocol)
-    ref_cmc, ref_mAP = evaluate_rank_reference(
-        dist, q_pids, g_pids, q_camids, g_camids, protocol=protocol
-    )
+    ref_cmc, ref_mAP = evaluate_rank_reference(dist, q_pids, g_pids, q_camids, g_camids, protocol=protocol)
     np.testing.assert_allclose(cmc, ref_cmc)
     assert mAP == pytest.approx(ref_mAP, abs=1e-9)
     assert 0.05 < mAP < 0.95 and np.all(np.diff(cmc) >= 0)
