@@ -1,0 +1,277 @@
+"""The per-worker training loop: plain PyTorch, with Ray Train at its edges (prepare_model, report).
+
+Every worker runs `train_loop_per_worker(config)`. Rank r draws its own PK batches, DDP averages the
+gradients, and every epoch all ranks call `ray.train.report` (rank 0 attaches the checkpoint). On a
+restart after a failure the loop resumes from `ray.train.get_checkpoint()` at the next epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from gltr_model import GLTR, ReIDLoss
+from gltr_platform.data.index import DatasetIndex, FrameSource, Tracklet, carve_validation, relabel
+from gltr_platform.data.loaders import build_train_loader
+from gltr_platform.data.transforms import build_train_transform
+from gltr_platform.train.checkpoint import (
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+    upload_with_retries,
+)
+from gltr_platform.train.config import TrainConfig
+from gltr_platform.train.datasets import open_training_data
+from gltr_platform.train.retrieval import retrieval_metrics
+
+CHECKPOINT_SCORE = "ckpt_score"  # validation mAP on validated epochs, -1 otherwise (kept first to go)
+
+
+@dataclass
+class Splits:
+    train: list[Tracklet]
+    val_query: list[Tracklet]
+    val_gallery: list[Tracklet]
+    test: DatasetIndex
+    label_map: dict[int, int]
+    source: FrameSource
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> GLTR:
+    """The GLTR network described by `cfg.model`."""
+    m = cfg.model
+    return GLTR(
+        num_classes,
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        last_stride=m.last_stride,
+        frame_dim=m.frame_dim,
+        dilations=m.dilations,
+        include_input=m.include_input,
+        attention_width=m.attention_width,
+        dropout=m.dropout,
+        bnneck=m.bnneck,
+    )
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (official) or Adam, weight decay on every parameter."""
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step decay by lr_gamma every lr_step epochs, after an optional linear warmup (stepped per epoch)."""
+    o = cfg.optim
+
+    def factor(epoch: int) -> float:  # epoch counts from 0 here
+        warm = min(1.0, (epoch + 1) / o.warmup_epochs) if o.warmup_epochs else 1.0
+        return warm * o.lr_gamma ** (epoch // o.lr_step)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16 (with a grad scaler); no autocast on CPU unless asked."""
+    if cfg.train.amp == "off" or (cfg.train.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.train.amp == "fp16" or (cfg.train.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def prepare_splits(cfg: TrainConfig) -> Splits:
+    """Dataset (synced once per node), the validation split carved from training ids, and labels."""
+    index, source, _ = open_training_data(cfg)
+    val = carve_validation(index.train, cfg.data.val_ids, seed=cfg.train.seed)
+    return Splits(val.train, val.query, val.gallery, index, relabel(val.train), source)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: one process per worker (GPU), `config` is a TrainConfig as a dict."""
+    cfg = TrainConfig.model_validate(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed + rank)
+
+    splits = prepare_splits(cfg)
+    model = build_model(cfg, num_classes=len(splits.label_map))
+    use_channels_last = cfg.train.channels_last == "on" or (
+        cfg.train.channels_last == "auto" and device.type == "cuda"
+    )
+    if use_channels_last:  # NHWC convolutions on tensor cores; activations follow the weights' layout
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
+    core = model.module if hasattr(model, "module") else model
+    forward = torch.compile(model) if cfg.train.compile else model
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    dtype = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    criterion = ReIDLoss(cfg.optim.label_smoothing, cfg.optim.triplet_weight, cfg.optim.triplet_margin)
+    loader = build_train_loader(
+        splits.train,
+        splits.source,
+        build_train_transform(cfg.data.height, cfg.data.width),
+        seq_len=cfg.data.seq_len,
+        p=cfg.p,
+        k=cfg.train.num_instances,
+        sampling=cfg.data.sampling,
+        seed=cfg.train.seed,
+        num_replicas=world,
+        rank=rank,
+        num_workers=cfg.data.loader_workers,
+        label_map=splits.label_map,
+    )
+
+    start_epoch, best_val = 1, -1.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = load_state(directory)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        loader.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+        start_epoch, best_val = state["epoch"] + 1, state.get("best_val", -1.0)
+
+    extract = {
+        "height": cfg.data.height,
+        "width": cfg.data.width,
+        "mode": cfg.data.test_mode,
+        "seq_len": cfg.data.seq_len,
+        "chunk_len": cfg.data.test_chunk_len,
+        "device": device,
+    }
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        _maybe_inject_failure(cfg, epoch, rank)
+        loader.sampler.set_epoch(epoch)
+        metrics = train_one_epoch(forward, loader, criterion, optimizer, scaler, dtype, device)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        metrics["epoch"] = epoch
+        last = epoch == cfg.train.epochs
+        metrics[CHECKPOINT_SCORE] = -1.0
+        if epoch % cfg.train.eval_every == 0 or last:
+            val, _ = retrieval_metrics(
+                core, splits.val_query, splits.val_gallery, splits.source,
+                protocol="torchreid", prefix="val_", **extract,
+            )  # fmt: skip
+            metrics.update(val)
+            metrics[CHECKPOINT_SCORE] = val["val_mAP"]
+            best_val = max(best_val, val["val_mAP"])
+        metrics["best_val_mAP"] = best_val
+        if last:
+            test, cmc = retrieval_metrics(
+                core, splits.test.query, splits.test.gallery, splits.source,
+                protocol=cfg.data.protocol, prefix="test_", **extract,
+            )  # fmt: skip
+            metrics.update(test)
+            metrics["test_cmc"] = [float(x) for x in cmc]
+        # Every rank's RNG state goes into the checkpoint so a resumed run draws what it would have.
+        rngs = _gather(rng_state())
+        with tempfile.TemporaryDirectory() as tmp:
+            report_checkpoint = None
+            if rank == 0:
+                save_state(
+                    tmp,
+                    {
+                        "epoch": epoch,
+                        "model": core.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "sampler": loader.sampler.state_dict(),
+                        "rng": rngs,
+                        "best_val": best_val,
+                        "num_classes": len(splits.label_map),
+                        "config": cfg.model_dump(mode="json"),
+                    },
+                )
+                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(
+                metrics,
+                checkpoint=report_checkpoint,
+                checkpoint_dir_name=f"epoch-{epoch:04d}",
+                checkpoint_upload_fn=upload_with_retries,
+            )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    criterion: ReIDLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """One pass over this rank's batches; loss and accuracy are averaged over all ranks."""
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+    start = time.perf_counter()
+    for clips, labels, _ in loader:
+        clips = clips.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            logits, embeddings = model(clips)
+            loss = criterion(logits.float(), embeddings.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = len(labels)
+        totals += torch.tensor(
+            [loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64
+        )
+    elapsed = time.perf_counter() - start
+    if torch.distributed.is_initialized():
+        totals = totals.to(device)
+        torch.distributed.all_reduce(totals)
+        totals = totals.cpu()
+    loss_sum, correct, clips_seen = totals.tolist()
+    return {
+        "loss": loss_sum / max(clips_seen, 1),
+        "train_acc": correct / max(clips_seen, 1),
+        "clips_per_s": clips_seen / max(elapsed, 1e-9),
+    }
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
+    """Fault injection for tests: rank 0 raises once at `train.fail_once_at_epoch` (a marker file)."""
+    if cfg.train.fail_once_at_epoch != epoch or rank != 0:
+        return
+    marker = Path(os.path.expanduser(cfg.data.cache_dir)) / "injected-failures" / f"{cfg.run.name}-{epoch}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected failure at epoch {epoch} (train.fail_once_at_epoch)")
