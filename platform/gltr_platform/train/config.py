@@ -37,10 +37,13 @@ class DataConfig(_Section):
     width: int = Field(128, ge=8)
     seq_len: int = Field(16, ge=1, description="frames per training clip (T)")
     sampling: Literal["consecutive", "restricted"] = "consecutive"
+    flip_p: float = Field(0.5, ge=0, le=1, description="horizontal flip probability (whole clip)")
+    pad: int | None = Field(None, ge=0, description="pad-and-crop pixels; default width/12.8 (10 at 128)")
+    erase_p: float = Field(0.0, ge=0, le=1, description="random erasing probability (same box on all frames)")
     test_mode: Literal["whole", "chunks", "evenly"] = "chunks"
     test_chunk_len: int = Field(64, ge=1)
     loader_workers: int = Field(2, ge=0, description="DataLoader worker processes per training worker")
-    synthetic_ids: int = Field(24, ge=4, description="synthetic dataset: training identities")
+    synthetic_ids: int = Field(32, ge=4, description="synthetic dataset: training identities")
     synthetic_test_ids: int = Field(12, ge=2, description="synthetic dataset: test identities")
 
 
@@ -183,7 +186,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "modern": {
         "model": {"backbone": "resnet50", "pretrained": "IMAGENET1K_V1", "bnneck": True},
-        "data": {"height": 256, "width": 128, "seq_len": 8, "sampling": "restricted"},
+        "data": {"height": 256, "width": 128, "seq_len": 8, "sampling": "restricted", "erase_p": 0.5},
         "optim": {
             "optimizer": "adam",
             "lr": 3.5e-4,
@@ -204,17 +207,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "seq_len": 4,
             "sampling": "restricted",
             "test_mode": "evenly",
-            "val_ids": 6,
+            "val_ids": 8,
             "loader_workers": 0,
         },
-        "optim": {
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "weight_decay": 5e-4,
-            "lr_step": 20,
-            "label_smoothing": 0.1,
-        },
-        "train": {"epochs": 6, "batch_size": 8, "num_instances": 2, "eval_every": 2},
+        "optim": {"optimizer": "adam", "lr": 3e-3, "weight_decay": 5e-4, "lr_step": 20},
+        "train": {"epochs": 30, "batch_size": 8, "num_instances": 2, "eval_every": 10},
         "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
         "run": {"keep_checkpoints": 1},
     },
@@ -271,10 +268,28 @@ def validate_config(tree: dict[str, Any]) -> TrainConfig:
 def _one_message(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "config"
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc) or "config"
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key {key!r}")
-        else:
-            msg = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {msg} (got {item.get('input')!r})")
+            problems.append(_unknown_key(loc))
+            continue
+        msg = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else ""
+        if shown and shown not in msg and str(value) not in msg:
+            msg += f" (got {shown})"
+        problems.append(f"{key}: {msg}")
     return "invalid configuration: " + "; ".join(problems)
+
+
+def _unknown_key(loc: list[str]) -> str:
+    sections = TrainConfig.model_fields
+    if len(loc) == 1:
+        return f"unknown section {loc[0]!r} (sections: {', '.join(sections)})"
+    section = sections.get(loc[0])
+    valid = (
+        sorted(section.annotation.model_fields)
+        if section and hasattr(section.annotation, "model_fields")
+        else []
+    )
+    return f"unknown key {'.'.join(loc)!r} (keys of {loc[0]}: {', '.join(valid)})"

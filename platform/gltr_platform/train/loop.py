@@ -129,7 +129,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loader = build_train_loader(
         splits.train,
         splits.source,
-        build_train_transform(cfg.data.height, cfg.data.width),
+        build_train_transform(
+            cfg.data.height,
+            cfg.data.width,
+            flip_p=cfg.data.flip_p,
+            pad=round(cfg.data.width / 12.8) if cfg.data.pad is None else cfg.data.pad,
+            erase_p=cfg.data.erase_p,
+        ),
         seq_len=cfg.data.seq_len,
         p=cfg.p,
         k=cfg.train.num_instances,
