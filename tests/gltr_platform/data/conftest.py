@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from gltr_platform.data.synthetic import SyntheticConfig, generate_synthetic_mars
 
 # The repository is cloned with the shared data folder beside it (../shared).

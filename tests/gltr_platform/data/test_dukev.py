@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from gltr_platform.data.dukev import read_dukev
 from gltr_platform.data.index import DatasetError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+
 from gltr_platform.data.index import DatasetError
 from gltr_platform.data.mars import mars_frame_name, read_mars
 

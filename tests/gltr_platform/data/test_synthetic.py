@@ -5,11 +5,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import gltr_platform.data.synthetic as synthetic
 import numpy as np
 import pydantic
 import pytest
 import scipy.io
+from PIL import Image
+
+import gltr_platform.data.synthetic as synthetic
 from gltr_platform.data.index import DatasetError
 from gltr_platform.data.mars import read_mars
 from gltr_platform.data.synthetic import (
@@ -18,7 +20,6 @@ from gltr_platform.data.synthetic import (
     ensure_synthetic_mars,
     generate_synthetic_mars,
 )
-from PIL import Image
 
 # The conftest's `synthetic_mars_root`: 8 train ids, 6 test ids, 3 cameras, 2 tracklets per id and
 # camera, 4-12 frames, 3 distractor and 2 junk tracklets.

@@ -1,0 +1,94 @@
+"""Turn a dataset spec (an S3 URI or a local directory) into an index and a frame source.
+
+Accepted specs:
+
+* `s3://bucket/prefix` of a packed dataset: synced into the node-local cache (see shard_cache);
+* a local packed directory (holds manifest.json): read in place;
+* a raw MARS directory (info/, bbox_train/, bbox_test/) or raw DukeMTMC-VideoReID directory
+  (train/, query/, gallery/): indexed and packed into the cache on first use, under a key hashed
+  from the directory's path and file listing, so later calls (and other processes) reuse it.
+
+Training always reads a packed dataset, so local and S3 runs take the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from gltr_platform.data import s3
+from gltr_platform.data.index import DatasetError, DatasetIndex, FrameSource
+from gltr_platform.data.manifest import MANIFEST_NAME
+from gltr_platform.data.pack import pack, raw_kind
+from gltr_platform.data.shard_cache import PackedDataset, sync
+
+ACCEPTED = (
+    "an s3://bucket/prefix URI of a packed dataset, a local packed directory (with manifest.json), "
+    "a raw MARS directory (info/, bbox_train/) or a raw DukeMTMC-VideoReID directory "
+    "(train/, query/, gallery/)"
+)
+
+
+def open_dataset(
+    spec: str | Path,
+    cache_dir: str | Path,
+    protocol: str = "torchreid",
+    *,
+    verify: bool = False,
+    progress: bool = True,
+) -> tuple[DatasetIndex, FrameSource, dict[str, Any]]:
+    """The index, frame source and info (`uri`, `version`, `kind`, `path`) of dataset `spec`."""
+    dataset = _open_packed(spec, Path(cache_dir), protocol, verify, progress)
+    info = {
+        "uri": str(spec) if s3.is_s3_uri(str(spec)) else str(Path(spec).absolute()),
+        "version": dataset.version,
+        "kind": _kind(spec),
+        "path": str(dataset.root),
+    }
+    return dataset.index, dataset, info
+
+
+def _kind(spec: str | Path) -> str:
+    """ "s3", "packed", "mars" or "dukev"."""
+    if s3.is_s3_uri(str(spec)):
+        return "s3"
+    root = Path(spec)
+    return "packed" if (root / MANIFEST_NAME).is_file() else str(raw_kind(root))
+
+
+def _open_packed(
+    spec: str | Path, cache_dir: Path, protocol: str, verify: bool, progress: bool
+) -> PackedDataset:
+    """The packed dataset behind `spec`, synced or packed into `cache_dir` when needed."""
+    if s3.is_s3_uri(str(spec)):
+        return sync(str(spec), cache_dir, protocol=protocol, verify=verify, progress=progress)
+    root = Path(spec)
+    if not root.is_dir():
+        raise DatasetError(f"{spec} is not a directory or an S3 URI: expected {ACCEPTED}")
+    if (root / MANIFEST_NAME).is_file():
+        return PackedDataset.open(root, protocol, verify=verify)
+    if raw_kind(root) is None:
+        raise DatasetError(f"{spec} is not a dataset directory: expected {ACCEPTED}")
+    packed = cache_dir / "raw" / f"{raw_kind(root)}-{listing_key(root)}"
+    packed.parent.mkdir(parents=True, exist_ok=True)
+    # Per-GPU processes on one node: one packs, the others wait and reuse its result.
+    with FileLock(packed.with_name(packed.name + ".lock")):
+        if not (packed / MANIFEST_NAME).is_file():  # pack() renames a complete directory into place
+            pack(root, packed, progress=progress)
+    return PackedDataset.open(packed, protocol, verify=verify)
+
+
+def listing_key(root: Path) -> str:
+    """A hash of a directory's absolute path and its files' relative names, sizes and mtimes."""
+    digest = hashlib.sha256(str(root.absolute()).encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{rel}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
