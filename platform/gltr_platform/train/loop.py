@@ -175,6 +175,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics["epoch"] = epoch
+        # Identical on every rank when DDP keeps replicas in sync: a cheap check tests and users can read.
+        metrics["param_checksum"] = float(sum(p.detach().double().sum() for p in core.parameters()))
         last = epoch == cfg.train.epochs
         metrics[CHECKPOINT_SCORE] = -1.0
         if epoch % cfg.train.eval_every == 0 or last:

@@ -26,7 +26,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SECRET_PATTERN = re.compile(
     r"(secret|password|passwd|token|access_key|session_key|credential)", re.IGNORECASE
 )
-NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc"}
+NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc", "param_checksum"}
 
 
 class TrackingError(RuntimeError):

@@ -121,7 +121,7 @@ def run_training(
             run_name=name,
             mlflow_run_id=run_id,
             metrics=dict(result.metrics or {}),
-            checkpoint_path=result.checkpoint.path if result.checkpoint else "",
+            checkpoint_path=checkpoint_uri(result.checkpoint) if result.checkpoint else "",
             storage_path=storage,
             tags=tags,
         )
@@ -157,6 +157,14 @@ def build_trainer(cfg: TrainConfig, storage: str, callbacks: list) -> TorchTrain
             callbacks=callbacks,
         ),
     )
+
+
+def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
+    """Where a checkpoint lives, as a URI `ray.train.Checkpoint(uri)` opens again (s3://... or a path)."""
+    fs = checkpoint.filesystem
+    if fs is not None and fs.type_name == "s3":
+        return f"s3://{checkpoint.path}"
+    return checkpoint.path
 
 
 def _existing_run(uri: str, experiment: str, name: str) -> str | None:

@@ -1,0 +1,190 @@
+"""End to end on a real local Ray cluster: two gloo workers train GLTR on synthetic data read from the
+loopback S3 endpoint, checkpoint to S3, survive an injected worker failure, and record it all in MLflow.
+
+One training run is shared by every test in this module (a Ray Train worker group costs ~20-30 s to
+start here); a second, short run resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray.train import UserCallback
+
+from gltr_platform.data.pack import pack
+from gltr_platform.data.synthetic import SyntheticConfig, generate_synthetic_mars
+from gltr_platform.train.config import build_config
+from gltr_platform.train.trainer import load_trained_model, run_training
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sEcReT-never-log-me-8c1f"  # the AWS secret key of this test: must appear nowhere
+EPOCHS = 24
+FAIL_AT = 3
+
+
+class RecordAllRanks(UserCallback):
+    """Writes every rank's reported metrics to a JSON-lines file (the controller runs elsewhere)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory):
+    """AWS env pointing at the loopback endpoint *before* Ray starts (workers inherit it), then Ray."""
+    base = tmp_path_factory.mktemp("e2e")
+    empty = base / "empty-aws-config"
+    empty.write_text("")
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "AKIATESTEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        ray.init(address="local", num_cpus=2, _temp_dir=str(base / "ray"), include_dashboard=True)
+        try:
+            yield base
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained(cluster):
+    base = cluster
+    s3 = boto3.session.Session().client("s3")
+    s3.create_bucket(Bucket="e2e")
+    raw = generate_synthetic_mars(
+        base / "raw", SyntheticConfig(num_ids=32, num_test_ids=8, num_cameras=3, max_frames=16, seed=1)
+    )
+    pack(raw, "s3://e2e/datasets/synth", progress=False)
+    record = base / "ranks.jsonl"
+    cfg = build_config(
+        "cpu-demo",
+        {
+            "data.source": "s3://e2e/datasets/synth",
+            "data.cache_dir": str(base / "cache"),
+            "run.storage_path": "s3://e2e/checkpoints",
+            "run.tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
+            "run.name": "e2e-run",
+            "run.max_failures": 1,
+            "run.keep_checkpoints": 2,
+            "scaling.num_workers": 2,
+            "train.epochs": EPOCHS,
+            "train.eval_every": 6,
+            "train.fail_once_at_epoch": FAIL_AT,
+        },
+    )
+    outcome = run_training(cfg, callbacks=[RecordAllRanks(str(record))])
+    reports = [json.loads(line) for line in record.read_text().splitlines()]
+    return cfg, outcome, reports
+
+
+def history(outcome, cfg, key):
+    client = MlflowClient(cfg.run.tracking_uri)
+    return sorted((m.step, m.value) for m in client.get_metric_history(outcome.mlflow_run_id, key))
+
+
+def test_both_ranks_end_with_identical_parameters(trained):
+    _, _, reports = trained
+    last = reports[-1]
+    assert len(last) == 2 and last[0]["epoch"] == last[1]["epoch"] == EPOCHS
+    assert last[0]["param_checksum"] == last[1]["param_checksum"]
+
+
+def test_loss_decreases_and_validation_beats_chance(trained):
+    cfg, outcome, _ = trained
+    losses = [v for _, v in history(outcome, cfg, "loss")]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+    chance = 1 / cfg.data.val_ids  # one query per held-out identity, all of them in the gallery
+    assert outcome.metrics["val_rank1"] >= 3 * chance
+    assert 0.0 <= outcome.metrics["test_mAP"] <= 1.0 and "test_rank20" in outcome.metrics
+
+
+def test_injected_worker_failure_resumes_and_epochs_are_logged_once(trained):
+    cfg, outcome, reports = trained
+    marker = Path(cfg.data.cache_dir) / "injected-failures" / f"e2e-run-{FAIL_AT}"
+    assert marker.exists(), "the failure was never injected"
+    assert [step for step, _ in history(outcome, cfg, "loss")] == list(range(1, EPOCHS + 1))
+    assert [r[0]["epoch"] for r in reports] == list(range(1, EPOCHS + 1))
+
+
+def test_checkpoints_live_in_s3_and_only_the_best_are_kept(trained):
+    cfg, outcome, _ = trained
+    keys = [o["Key"] for o in boto3.session.Session().client("s3").list_objects_v2(Bucket="e2e")["Contents"]]
+    states = sorted(k for k in keys if k.startswith("checkpoints/e2e-run/") and k.endswith("/state.pt"))
+    assert f"checkpoints/e2e-run/epoch-{EPOCHS:04d}/state.pt" in states  # the latest is always kept
+    assert len(states) <= cfg.run.keep_checkpoints + 1
+    assert outcome.checkpoint_path.endswith(f"epoch-{EPOCHS:04d}")
+
+
+def test_mlflow_run_holds_config_tags_artifacts_and_ends_finished(trained):
+    cfg, outcome, _ = trained
+    client = MlflowClient(cfg.run.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "e2e-run"
+    assert run.data.params["model.dilations"] == "1,2,3"
+    assert run.data.params["data.source"] == "s3://e2e/datasets/synth"
+    tags = run.data.tags
+    for key in ("git.commit", "dataset.version", "dataset.uri", "torch.version", "ray.version", "protocol"):
+        assert tags.get(key), key
+    assert tags["protocol"] == "official" and tags["dataset.uri"] == "s3://e2e/datasets/synth"
+    artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
+    assert {"config.json", "final_metrics.json", "cmc.png"} <= artifacts
+    final = json.loads(
+        Path(client.download_artifacts(outcome.mlflow_run_id, "final_metrics.json")).read_text()
+    )
+    assert final["protocol"] == "official" and final["test_mAP"] == pytest.approx(outcome.metrics["test_mAP"])
+
+
+def test_logged_model_gives_the_same_embeddings_as_the_checkpoint(trained):
+    cfg, outcome, _ = trained
+    mlflow.set_tracking_uri(cfg.run.tracking_uri)
+    logged = mlflow.pytorch.load_model(outcome.model_uri).eval()
+    trained_model, _ = load_trained_model(ray.train.Checkpoint(outcome.checkpoint_path))
+    clips = torch.randn(2, 5, 3, cfg.data.height, cfg.data.width)  # any clip length works
+    with torch.no_grad():
+        assert torch.allclose(logged(clips), trained_model(clips), atol=1e-6)
+
+
+def test_no_secret_in_params_tags_or_artifacts(trained):
+    cfg, outcome, _ = trained
+    client = MlflowClient(cfg.run.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    texts = [json.dumps(run.data.params), json.dumps(run.data.tags)]
+    local = Path(client.download_artifacts(outcome.mlflow_run_id, ""))
+    texts += [p.read_bytes().decode("latin-1") for p in local.rglob("*") if p.is_file()]
+    assert not any(SECRET in t for t in texts)
+    assert SECRET in os.environ["AWS_SECRET_ACCESS_KEY"]  # it really was in the environment
+
+
+def test_resume_continues_the_same_run_from_its_last_checkpoint(trained):
+    cfg, outcome, _ = trained
+    more = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"epochs": EPOCHS + 2, "fail_once_at_epoch": None})}
+    )
+    resumed = run_training(more, resume=True, log_model=False)
+    assert resumed.mlflow_run_id == outcome.mlflow_run_id
+    assert [step for step, _ in history(resumed, cfg, "loss")] == list(range(1, EPOCHS + 3))
+    assert MlflowClient(cfg.run.tracking_uri).get_run(resumed.mlflow_run_id).info.status == "FINISHED"
