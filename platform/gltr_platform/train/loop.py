@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         label_map=splits.label_map,
     )
 
-    start_epoch, best_val = 1, -1.0
+    start_epoch, best_val = 1, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
@@ -158,7 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
         loader.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
-        start_epoch, best_val = state["epoch"] + 1, state.get("best_val", -1.0)
+        start_epoch, best_val = state["epoch"] + 1, state.get("best_val", 0.0)
 
     extract = {
         "height": cfg.data.height,

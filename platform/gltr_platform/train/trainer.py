@@ -17,6 +17,7 @@ from typing import Any
 import ray
 import ray.train
 import torch
+from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from gltr_platform.train.checkpoint import load_state
@@ -35,6 +36,7 @@ from gltr_platform.train.tracking import (
 )
 
 RUN_NAME_TAG = "gltr.run_name"
+MODEL_URI_TAG = "gltr.model_uri"
 
 
 @dataclass
@@ -100,16 +102,19 @@ def run_training(
         **dataset_tags(cfg),
         **(extra_tags or {}),
     }
-    run_id = _existing_run(uri, cfg.run.experiment, name) if resume else None
+    run_id = existing_run(uri, cfg.run.experiment, name)
     if resume and run_id is None:
         raise ValueError(
             f"--resume: no MLflow run named {name!r} in experiment {cfg.run.experiment!r} to resume"
         )
+    if not resume and run_id is not None:
+        raise ValueError(
+            f"a run named {name!r} already exists in experiment {cfg.run.experiment!r}: "
+            "pass --resume to continue it, or choose another --name"
+        )
     if run_id is None:
         run_id = start_run(uri, cfg.run.experiment, name, cfg.flat(), tags, parent_run_id)
     else:
-        from mlflow.tracking import MlflowClient
-
         MlflowClient(uri).update_run(run_id, status="RUNNING")
     failed = True
     try:
@@ -167,9 +172,7 @@ def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
     return checkpoint.path
 
 
-def _existing_run(uri: str, experiment: str, name: str) -> str | None:
-    from mlflow.tracking import MlflowClient
-
+def existing_run(uri: str, experiment: str, name: str) -> str | None:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None or not re.fullmatch(r"[\w.\-]+", name):
@@ -205,6 +208,7 @@ def _log_results(
     if log_model and result.checkpoint is not None:
         model, _ = load_trained_model(result.checkpoint)
         outcome.model_uri = log_gltr_model(uri, run_id, model, cfg)
+        MlflowClient(uri).set_tag(run_id, MODEL_URI_TAG, outcome.model_uri)
 
 
 def log_gltr_model(uri: str, run_id: str, model: torch.nn.Module, cfg: TrainConfig) -> str:

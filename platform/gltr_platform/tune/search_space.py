@@ -1,0 +1,111 @@
+"""The search space of a sweep: a small YAML file of choices, validated whole before anything starts.
+
+    dilations: [[1, 2, 3], [1, 2, 4], [2, 4, 8]]   # pyramids: number of branches and their rates
+    seq_len: [4, 8, 12, 16]                          # frames per training clip (T)
+    attention_width: [64, 128, 256, 512]             # TSA query/key/value width
+    lr: {loguniform: [1.0e-4, 1.0e-2]}               # optional
+    weight_decay: {loguniform: [1.0e-5, 1.0e-3]}     # optional
+
+Optuna's categorical choices must be scalars, so a pyramid travels through Tune and Optuna as the
+string "1,2,4" and becomes a tuple again when the trial builds its TrainConfig.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ray import tune
+
+from gltr_platform.train.config import ConfigError, TrainConfig, validate_config
+
+# Where each searched parameter lives in TrainConfig.
+TARGETS = {
+    "dilations": "model.dilations",
+    "seq_len": "data.seq_len",
+    "attention_width": "model.attention_width",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+}
+
+
+class LogUniform(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loguniform: tuple[float, float]
+
+    @field_validator("loguniform")
+    @classmethod
+    def _ordered_positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"loguniform bounds must satisfy 0 < low < high, got {list(v)}")
+        return v
+
+
+class SearchSpace(BaseModel):
+    """Choices for each searched parameter; validated against TrainConfig combination by combination."""
+
+    model_config = ConfigDict(extra="forbid")
+    dilations: list[list[int]] = Field(min_length=1)
+    seq_len: list[int] = Field(min_length=1)
+    attention_width: list[int] = Field(min_length=1)
+    lr: LogUniform | list[float] | None = None
+    weight_decay: LogUniform | list[float] | None = None
+
+    def tune_space(self) -> dict[str, Any]:
+        """The Ray Tune param_space (categorical for pyramids, T and width)."""
+        space: dict[str, Any] = {
+            "dilations": tune.choice([",".join(map(str, d)) for d in self.dilations]),
+            "seq_len": tune.choice(self.seq_len),
+            "attention_width": tune.choice(self.attention_width),
+        }
+        for key in ("lr", "weight_decay"):
+            value = getattr(self, key)
+            if isinstance(value, LogUniform):
+                space[key] = tune.loguniform(*value.loguniform)
+            elif value:
+                space[key] = tune.choice(value)
+        return space
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every categorical combination (the full grid; continuous parameters left out)."""
+        keys = ("dilations", "seq_len", "attention_width")
+        choices = [[",".join(map(str, d)) for d in self.dilations], self.seq_len, self.attention_width]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*choices)]
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], **run_updates: Any) -> TrainConfig:
+    """`base` with a trial's sampled parameters (and run settings such as its name) applied."""
+    tree = base.model_dump(mode="json")
+    for key, value in params.items():
+        section, field = TARGETS[key].split(".")
+        tree[section][field] = value
+    tree["run"].update(run_updates)
+    return validate_config(tree)
+
+
+def load_search_space(path: str | Path, base: TrainConfig) -> SearchSpace:
+    """Read and validate a search space file, and check every combination against `base`."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read search space {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"search space {path} is not valid YAML: {e}") from None
+    where = f"search space {path}"
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+    for combo in space.grid():
+        try:
+            trial_config(base, combo)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: combination {combo} is invalid: {e}") from None
+    return space
