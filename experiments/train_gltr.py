@@ -32,9 +32,7 @@ def build_parser() -> Parser:
         help="dataset: s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV directory, "
         "or 'synthetic' (sets data.source)",
     )
-    parser.add_argument(
-        "--config", type=Path, help="YAML file with config sections (data, model, optim, train, ...)"
-    )
+    parser.add_argument("--config", type=Path, help="YAML file with config sections (data, model, optim, train, ...)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -44,9 +42,7 @@ def build_parser() -> Parser:
         help="override one setting, e.g. --set model.dilations=[1,2,4] --set train.epochs=20 (repeatable)",
     )
     parser.add_argument("--name", help="run name (Ray Train run and MLflow run); needed by --resume")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the interrupted run --name from its checkpoint"
-    )
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run --name from its checkpoint")
     parser.add_argument("--workers", type=int, help="Ray Train workers (sets scaling.num_workers)")
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (sets scaling.use_gpu=true)")
     parser.add_argument("--storage-path", help="checkpoint storage: local directory or s3://bucket/prefix")
@@ -54,12 +50,8 @@ def build_parser() -> Parser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
     )
     parser.add_argument("--experiment", help="MLflow experiment name (default: gltr)")
-    parser.add_argument(
-        "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"
-    )
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration and exit"
-    )
+    parser.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -102,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         init_ray(args.ray_address)
         outcome = run_training(cfg, resume=args.resume)
         m = outcome.metrics
-        print(
-            f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}"
-        )
+        print(f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}")
         print(
             f"test ({cfg.data.protocol} protocol): rank-1 {m.get('test_rank1', float('nan')):.3f}  "
             f"mAP {m.get('test_mAP', float('nan')):.3f}   validation mAP {m.get('val_mAP', float('nan')):.3f}"

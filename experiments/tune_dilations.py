@@ -37,8 +37,7 @@ def build_parser() -> Parser:
     )
     data.add_argument(
         "--data",
-        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV directory, "
-        "or 'synthetic'",
+        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV directory, or 'synthetic'",
     )
     data.add_argument(
         "--space",
@@ -50,16 +49,10 @@ def build_parser() -> Parser:
                       help="override a training setting, e.g. --set optim.lr=0.005 (repeatable)")  # fmt: skip
     budget = p.add_argument_group("budget and scheduling")
     budget.add_argument("--trials", type=int, default=6, help="number of trials (default: %(default)s)")
-    budget.add_argument(
-        "--time-budget", type=float, metavar="SECONDS", help="stop starting new trials after this"
-    )
+    budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting new trials after this")
     budget.add_argument("--max-concurrent", type=int, default=2, help="trials at once (default: %(default)s)")
-    budget.add_argument(
-        "--workers-per-trial", type=int, help="Ray Train workers per trial (sets scaling.num_workers)"
-    )
-    budget.add_argument(
-        "--cpus-per-worker", type=float, help="CPUs per training worker (sets scaling.cpus_per_worker)"
-    )
+    budget.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (sets scaling.num_workers)")
+    budget.add_argument("--cpus-per-worker", type=float, help="CPUs per training worker (sets scaling.cpus_per_worker)")
     budget.add_argument(
         "--gpu",
         action="store_true",
@@ -78,9 +71,7 @@ def build_parser() -> Parser:
     where.add_argument(
         "--name", help="sweep name: Tune experiment, Optuna study and MLflow parent run (default: generated)"
     )
-    where.add_argument(
-        "--resume", action="store_true", help="continue the interrupted sweep --name (Tuner.restore)"
-    )
+    where.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name (Tuner.restore)")
     where.add_argument(
         "--storage-path",
         default="~/ray_results/gltr-sweeps",
@@ -97,9 +88,7 @@ def build_parser() -> Parser:
     where.add_argument(
         "--register-as", default="gltr", help="Model Registry name of the champion (default: %(default)s)"
     )
-    where.add_argument(
-        "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)"
-    )
+    where.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 

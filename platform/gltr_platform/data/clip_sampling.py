@@ -16,9 +16,7 @@ SamplingMode = Literal["consecutive", "restricted", "evenly"]
 SAMPLING_MODES: tuple[str, ...] = ("consecutive", "restricted", "evenly")
 
 
-def sample_clip(
-    n: int, seq_len: int, mode: SamplingMode, rng: np.random.Generator | None = None
-) -> np.ndarray:
+def sample_clip(n: int, seq_len: int, mode: SamplingMode, rng: np.random.Generator | None = None) -> np.ndarray:
     """Return `seq_len` frame indices (int64, in temporal order) into a tracklet of `n` frames.
 
     - "consecutive": `seq_len` consecutive frames from a uniformly random start (the official GLTR

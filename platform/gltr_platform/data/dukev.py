@@ -34,8 +34,7 @@ def _read_split(split_dir: Path, split: str) -> list[Tracklet]:
     """All tracklets under one split folder, by pid then tracklet folder name."""
     if not split_dir.is_dir():
         raise DatasetError(
-            f"{split_dir} is missing: DukeMTMC-VideoReID needs train/, query/ and gallery/ "
-            f"under {split_dir.parent}"
+            f"{split_dir} is missing: DukeMTMC-VideoReID needs train/, query/ and gallery/ under {split_dir.parent}"
         )
     tracklets = []
     for pid_dir in _subdirs(split_dir):
@@ -60,8 +59,7 @@ def _read_tracklet(tracklet_dir: Path, pid: int, split: str) -> Tracklet:
         m = _FRAME.fullmatch(name)
         if m is None:
             raise DatasetError(
-                f"{tracklet_dir / name} is not a DukeMTMC-VideoReID frame name "
-                "(expected e.g. 0001_C6_F0099_X30823.jpg)"
+                f"{tracklet_dir / name} is not a DukeMTMC-VideoReID frame name (expected e.g. 0001_C6_F0099_X30823.jpg)"
             )
         if int(m[1]) != pid:
             raise DatasetError(f"{tracklet_dir / name} names pid {m[1]} but sits in {pid:04d}/")

@@ -84,9 +84,7 @@ class TrackletRecord(BaseModel):
     @model_validator(mode="after")
     def _frames_match_lengths(self) -> TrackletRecord:
         if len(self.frames) != len(self.lengths) or not self.frames:
-            raise ValueError(
-                f"{len(self.frames)} frames but {len(self.lengths)} lengths (need equal, non-zero)"
-            )
+            raise ValueError(f"{len(self.frames)} frames but {len(self.lengths)} lengths (need equal, non-zero)")
         return self
 
     def frame_names(self) -> tuple[str, ...]:
@@ -162,9 +160,7 @@ def parse_manifest(raw: bytes, source: str) -> Manifest:
         raise DatasetError(f"{source} is not valid JSON ({e}); re-pack the dataset") from e
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise DatasetError(
-            f"{source} is not a packed-dataset manifest (format {found!r}, expected {FORMAT!r})"
-        )
+        raise DatasetError(f"{source} is not a packed-dataset manifest (format {found!r}, expected {FORMAT!r})")
     if content.get("version") != VERSION:
         raise DatasetError(
             f"{source} has manifest version {content.get('version')!r}, but this gltr_platform "
@@ -172,8 +168,7 @@ def parse_manifest(raw: bytes, source: str) -> Manifest:
         )
     if content.get("version_hash") != version_hash(content):
         raise DatasetError(
-            f"{source} does not match its own version_hash: the manifest was edited or corrupted; "
-            "re-pack the dataset"
+            f"{source} does not match its own version_hash: the manifest was edited or corrupted; re-pack the dataset"
         )
     try:
         return Manifest.model_validate(content)
@@ -204,9 +199,7 @@ def build_index(manifest: Manifest, protocol: str) -> DatasetIndex:
         queries = set(rows["query"])
         rows["gallery"] = [r for r in rows["gallery"] if r not in queries and records[r].pid != JUNK_PID]
     lists = {
-        split: [
-            Tracklet(records[r].frame_names(), records[r].pid, records[r].camid, split) for r in rows[split]
-        ]
+        split: [Tracklet(records[r].frame_names(), records[r].pid, records[r].camid, split) for r in rows[split]]
         for split in SPLITS
     }
     meta = {**manifest.meta, "version_hash": manifest.version_hash, "packed": True}

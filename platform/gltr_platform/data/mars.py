@@ -89,15 +89,11 @@ def read_mars(root: str | Path, protocol: str = "torchreid") -> DatasetIndex:
     return DatasetIndex("mars", train, query, gallery, protocol=protocol, meta={"root": str(root)})
 
 
-def _read_tracks(
-    names_file: Path, mat_file: Path, key: str, frames_dir: Path
-) -> tuple[np.ndarray, list[str]]:
+def _read_tracks(names_file: Path, mat_file: Path, key: str, frames_dir: Path) -> tuple[np.ndarray, list[str]]:
     """The checked [start, end, pid, camid] rows of `mat_file`; the frame paths of `names_file`."""
     rows = _load_mat(mat_file, key)
     if rows.ndim != 2 or rows.shape[1] != 4 or rows.shape[0] == 0:
-        raise DatasetError(
-            f"{mat_file}: {key} has shape {rows.shape}, expected N x 4 rows [start, end, pid, camid]"
-        )
+        raise DatasetError(f"{mat_file}: {key} has shape {rows.shape}, expected N x 4 rows [start, end, pid, camid]")
     names = _read_names(names_file)
     pids, cams = _parse_names(names, names_file)
     start, end, pid, camid = rows.T

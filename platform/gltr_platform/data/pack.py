@@ -245,9 +245,7 @@ def _read_tracklets(
         yield window.popleft().result()
 
 
-def _pack_to_dir(
-    layout: _Layout, source: FrameSource, dest: Path, shard_size: int, progress: bool
-) -> Manifest:
+def _pack_to_dir(layout: _Layout, source: FrameSource, dest: Path, shard_size: int, progress: bool) -> Manifest:
     """Write the packed layout to a sibling temporary directory, then rename it to `dest`."""
     dest = dest.absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -264,9 +262,7 @@ def _pack_to_dir(
     return manifest
 
 
-def _pack_to_s3(
-    layout: _Layout, source: FrameSource, uri: s3.S3Uri, shard_size: int, progress: bool
-) -> Manifest:
+def _pack_to_s3(layout: _Layout, source: FrameSource, uri: s3.S3Uri, shard_size: int, progress: bool) -> Manifest:
     """Write shards to a temporary directory, uploading each while the next is written."""
     client = s3.make_client()
     s3.check_bucket(client, uri)

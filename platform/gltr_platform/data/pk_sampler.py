@@ -77,9 +77,7 @@ class DistributedPKSampler(Sampler[int]):
         # Draw K tracklets for every identity in `order`, on every rank, so the generator advances the
         # same way everywhere and the ranks' shares come from one global epoch.
         groups = [self._draw_k(rng, int(i)) for i in order]
-        all_batches = [
-            np.concatenate(groups[start : start + self.p]).tolist() for start in range(0, needed, self.p)
-        ]
+        all_batches = [np.concatenate(groups[start : start + self.p]).tolist() for start in range(0, needed, self.p)]
         return all_batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:

@@ -60,9 +60,7 @@ def _kind(spec: str | Path) -> str:
     return "packed" if (root / MANIFEST_NAME).is_file() else str(raw_kind(root))
 
 
-def _open_packed(
-    spec: str | Path, cache_dir: Path, protocol: str, verify: bool, progress: bool
-) -> PackedDataset:
+def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool, progress: bool) -> PackedDataset:
     """The packed dataset behind `spec`, synced or packed into `cache_dir` when needed."""
     if s3.is_s3_uri(str(spec)):
         return sync(str(spec), cache_dir, protocol=protocol, verify=verify, progress=progress)

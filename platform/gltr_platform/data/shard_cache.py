@@ -100,9 +100,7 @@ class PackedDataset:
             self._table = FrameTable(self.manifest)
         where = self._table.locate(frame)
         if where is None:
-            raise DatasetError(
-                f"frame {frame!r} is not in packed dataset {self.manifest.dataset!r} at {self.root}"
-            )
+            raise DatasetError(f"frame {frame!r} is not in packed dataset {self.manifest.dataset!r} at {self.root}")
         shard, offset, length = where
         data = os.pread(self._fd(shard), length, offset)
         if len(data) != length:
@@ -238,9 +236,7 @@ def _fill(entry: Path, manifest: Manifest, raw: bytes, client: Any, loc: s3.S3Ur
     _write_atomic(entry / COMPLETE_MARKER, manifest.version_hash.encode())
 
 
-def _download(
-    entry: Path, shards: list[ShardInfo], client: Any, loc: s3.S3Uri, progress: bool, name: str
-) -> None:
+def _download(entry: Path, shards: list[ShardInfo], client: Any, loc: s3.S3Uri, progress: bool, name: str) -> None:
     """Fetch `shards` concurrently through one transfer manager, each verified before renaming."""
     bar = s3.progress_bar(sum(s.size for s in shards), "B", f"sync {name}", progress)
     subscriber = s3.ProgressSubscriber(bar)
@@ -252,9 +248,7 @@ def _download(
         problem = ""
         for attempt in (1, 2):
             with s3.s3_errors(loc, what, client):
-                future = manager.download(
-                    loc.bucket, loc.key(shard.name), str(part), subscribers=[subscriber]
-                )
+                future = manager.download(loc.bucket, loc.key(shard.name), str(part), subscribers=[subscriber])
                 future.result()
             problem = _shard_problem(part, shard) or ""
             if not problem:

@@ -302,9 +302,7 @@ class _Painter:
         test = int(split_dir.name == "bbox_test")
         for row, track in enumerate(tracks):
             frames = self.render(track, np.random.default_rng([self.config.seed, _TRACK, test, row]))
-            track_names = [
-                mars_frame_name(track.pid, track.camera, track.number, f + 1) for f in range(len(frames))
-            ]
+            track_names = [mars_frame_name(track.pid, track.camera, track.number, f + 1) for f in range(len(frames))]
             folder = split_dir / track_names[0][:4]  # MARS files a frame under its name's pid part
             folder.mkdir(parents=True, exist_ok=True)
             for name, frame in zip(track_names, frames, strict=True):
@@ -358,8 +356,7 @@ class _Painter:
         in_arms = (arm_v >= 0) & (v < look.legs_from + 0.04)
         reach = look.shoulder + 0.025
         arms = in_arms & (
-            (np.abs(dx + reach + swing * 0.15 * arm_v) < 0.025)
-            | (np.abs(dx - reach + swing * 0.15 * arm_v) < 0.025)
+            (np.abs(dx + reach + swing * 0.15 * arm_v) < 0.025) | (np.abs(dx - reach + swing * 0.15 * arm_v) < 0.025)
         )
         label[arms] = _UPPER_L
         if look.short_sleeves:

@@ -49,9 +49,7 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = "resnet50"
-    pretrained: str | None = Field(
-        None, description="ImageNet state-dict file, or a torchvision weights name"
-    )
+    pretrained: str | None = Field(None, description="ImageNet state-dict file, or a torchvision weights name")
     last_stride: Literal[1, 2] = 1
     frame_dim: int = Field(128, ge=1)
     dilations: tuple[int, ...] = (1, 2, 3)
@@ -112,9 +110,7 @@ class TrainLoopConfig(_Section):
     num_instances: int = Field(1, ge=1, description="K: tracklets per identity in a batch")
     eval_every: int = Field(10, ge=1, description="validate every k epochs (and after the last)")
     seed: int = 0
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16/fp16 on GPU, off on CPU"
-    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, off on CPU")
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
     fail_once_at_epoch: int | None = Field(
@@ -143,9 +139,7 @@ class RunSection(_Section):
     storage_path: str = Field("~/ray_results/gltr", description="checkpoints: a local directory or s3://...")
     keep_checkpoints: int = Field(2, ge=1, description="best-k checkpoints kept by validation mAP")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before giving up (-1: forever)")
-    tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite"
-    )
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite")
     experiment: str = "gltr"
 
 
@@ -287,9 +281,5 @@ def _unknown_key(loc: list[str]) -> str:
     if len(loc) == 1:
         return f"unknown section {loc[0]!r} (sections: {', '.join(sections)})"
     section = sections.get(loc[0])
-    valid = (
-        sorted(section.annotation.model_fields)
-        if section and hasattr(section.annotation, "model_fields")
-        else []
-    )
+    valid = sorted(section.annotation.model_fields) if section and hasattr(section.annotation, "model_fields") else []
     return f"unknown key {'.'.join(loc)!r} (keys of {loc[0]}: {', '.join(valid)})"

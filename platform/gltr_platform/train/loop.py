@@ -74,9 +74,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def build_scheduler(
-    cfg: TrainConfig, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     """Step decay by lr_gamma every lr_step epochs, after an optional linear warmup (stepped per epoch)."""
     o = cfg.optim
 
@@ -113,9 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     splits = prepare_splits(cfg)
     model = build_model(cfg, num_classes=len(splits.label_map))
-    use_channels_last = cfg.train.channels_last == "on" or (
-        cfg.train.channels_last == "auto" and device.type == "cuda"
-    )
+    use_channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
     if use_channels_last:  # NHWC convolutions on tensor cores; activations follow the weights' layout
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
@@ -249,9 +245,7 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         n = len(labels)
-        totals += torch.tensor(
-            [loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64
-        )
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
     elapsed = time.perf_counter() - start
     if torch.distributed.is_initialized():
         totals = totals.to(device)

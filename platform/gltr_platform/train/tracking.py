@@ -23,9 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SECRET_PATTERN = re.compile(
-    r"(secret|password|passwd|token|access_key|session_key|credential)", re.IGNORECASE
-)
+SECRET_PATTERN = re.compile(r"(secret|password|passwd|token|access_key|session_key|credential)", re.IGNORECASE)
 NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc", "param_checksum"}
 
 
@@ -53,14 +51,10 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:
-                    raise TrackingError(
-                        f"MLflow server {redact_uri(uri)} answered {response.status} on /health"
-                    )
+                    raise TrackingError(f"MLflow server {redact_uri(uri)} answered {response.status} on /health")
         except urllib.error.HTTPError as e:
             if e.code not in (401, 403):  # an auth-enabled server still proves it is up
-                raise TrackingError(
-                    f"MLflow server {redact_uri(uri)} answered HTTP {e.code} on /health"
-                ) from None
+                raise TrackingError(f"MLflow server {redact_uri(uri)} answered HTTP {e.code} on /health") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(
@@ -93,9 +87,7 @@ def git_commit() -> str:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5
-        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -153,9 +145,7 @@ class EpochMetricsLogger(UserCallback):
         scalars = [
             mlflow.entities.Metric(key, float(value), int(_now_ms()), epoch)
             for key, value in values.items()
-            if key not in NOT_LOGGED_PER_EPOCH
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
+            if key not in NOT_LOGGED_PER_EPOCH and isinstance(value, int | float) and not isinstance(value, bool)
         ]
         client.log_batch(self.run_id, metrics=scalars, synchronous=True)
         self.last_step = epoch

@@ -104,9 +104,7 @@ def run_training(
     }
     run_id = existing_run(uri, cfg.run.experiment, name)
     if resume and run_id is None:
-        raise ValueError(
-            f"--resume: no MLflow run named {name!r} in experiment {cfg.run.experiment!r} to resume"
-        )
+        raise ValueError(f"--resume: no MLflow run named {name!r} in experiment {cfg.run.experiment!r} to resume")
     if not resume and run_id is not None:
         raise ValueError(
             f"a run named {name!r} already exists in experiment {cfg.run.experiment!r}: "
@@ -194,9 +192,7 @@ def load_trained_model(checkpoint: ray.train.Checkpoint) -> tuple[torch.nn.Modul
     return model.eval(), cfg
 
 
-def _log_results(
-    uri: str, run_id: str, cfg: TrainConfig, outcome: TrainingOutcome, result, log_model: bool
-) -> None:
+def _log_results(uri: str, run_id: str, cfg: TrainConfig, outcome: TrainingOutcome, result, log_model: bool) -> None:
     metrics = outcome.metrics
     log_json(uri, run_id, cfg.model_dump(mode="json"), "config.json")
     final = {k: v for k, v in metrics.items() if k.startswith(("test_", "val_", "best_"))}
@@ -217,9 +213,7 @@ def log_gltr_model(uri: str, run_id: str, model: torch.nn.Module, cfg: TrainConf
     import numpy as np
     from mlflow.models import infer_signature
 
-    example = np.random.default_rng(0).standard_normal(
-        (1, cfg.data.seq_len, 3, cfg.data.height, cfg.data.width)
-    )
+    example = np.random.default_rng(0).standard_normal((1, cfg.data.seq_len, 3, cfg.data.height, cfg.data.width))
     example = example.astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()

@@ -99,8 +99,7 @@ def load_search_space(path: str | Path, base: TrainConfig) -> SearchSpace:
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
-            for err in e.errors()
+            f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
     for combo in space.grid():

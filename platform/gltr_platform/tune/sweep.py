@@ -50,16 +50,12 @@ class SweepSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     trials: int = Field(6, ge=1, description="number of trials (Optuna samples)")
-    time_budget_s: float | None = Field(
-        None, gt=0, description="stop starting trials after this many seconds"
-    )
+    time_budget_s: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
     grace_period: int | None = Field(None, ge=1, description="ASHA: epochs before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung")
     seed: int = 0
-    study_storage: str | None = Field(
-        None, description="Optuna storage URL (default: sqlite in the sweep dir)"
-    )
+    study_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite in the sweep dir)")
     storage_path: str = Field("~/ray_results/gltr-sweeps", description="Tune and checkpoint storage")
     register_as: str = Field("gltr", description="Model Registry name for the champion")
     trial_cpus: float = Field(0.05, gt=0, description="CPU reserved for each trial's driver")
@@ -84,9 +80,7 @@ def local_dir(path: str) -> Path:
     return Path(os.path.expanduser(path)).absolute()
 
 
-def run_trial(
-    params: dict[str, Any], base: dict[str, Any], parent_run_id: str, sweep: str, storage: str
-) -> None:
+def run_trial(params: dict[str, Any], base: dict[str, Any], parent_run_id: str, sweep: str, storage: str) -> None:
     """Tune function trainable: one Ray Train run with the sampled parameters."""
     ctx = tune.get_context()
     name = ctx.get_trial_name()
@@ -102,34 +96,26 @@ def run_trial(
     )
 
 
-def run_sweep(
-    base: TrainConfig, space: SearchSpace, settings: SweepSettings, resume: bool = False
-) -> SweepOutcome:
+def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, resume: bool = False) -> SweepOutcome:
     """Run (or resume) a sweep and return its results; the parent MLflow run always ends."""
     uri = resolve_tracking_uri(base.run.tracking_uri)
     check_tracking_store(uri)
     base = base.model_copy(update={"run": base.run.model_copy(update={"tracking_uri": uri})})
     name = settings.name or f"sweep-{uuid.uuid4().hex[:8]}"
-    tune_root = (
-        str(local_dir(settings.storage_path)) if "://" not in settings.storage_path else settings.storage_path
-    )
+    tune_root = str(local_dir(settings.storage_path)) if "://" not in settings.storage_path else settings.storage_path
     experiment_path = f"{tune_root.rstrip('/')}/{name}"
     restorable = tune.Tuner.can_restore(experiment_path)
     if resume and not restorable:
         raise ConfigError(f"--resume: no sweep named {name!r} under {tune_root} to resume")
     if not resume and restorable:
-        raise ConfigError(
-            f"a sweep named {name!r} already exists under {tune_root}: pass --resume or another --name"
-        )
+        raise ConfigError(f"a sweep named {name!r} already exists under {tune_root}: pass --resume or another --name")
     data_tags = dataset_tags(base)  # sync the dataset once here, so trials find it in the cache
     study_url = settings.study_storage or _default_study_url(tune_root, name)
     storage = optuna.storages.RDBStorage(study_url)
     parent = _parent_run(uri, base, space, settings, name, data_tags, study_url, resume)
     failed = True
     try:
-        results = _tuner(
-            base, space, settings, name, tune_root, experiment_path, parent, storage, resume
-        ).fit()
+        results = _tuner(base, space, settings, name, tune_root, experiment_path, parent, storage, resume).fit()
         _end_stopped_trials(uri, base.run.experiment, parent)
         table = results_table(uri, base.run.experiment, parent, results)
         study = optuna.load_study(study_name=name, storage=storage)
@@ -165,20 +151,14 @@ def _parent_run(uri, base, space, settings, name, data_tags, study_url, resume) 
     client = MlflowClient(uri)
     if resume:
         exp = client.get_experiment_by_name(base.run.experiment)
-        found = client.search_runs(
-            [exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`gltr.role` = 'sweep'"
-        )
+        found = client.search_runs([exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`gltr.role` = 'sweep'")
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
     params = {
         "search_space": json.dumps(space.model_dump(mode="json")),
         **{f"sweep.{k}": v for k, v in settings.model_dump().items() if k != "study_storage"},
-        **{
-            k: v
-            for k, v in base.flat().items()
-            if k.startswith(("data.", "train.", "scaling.")) or k == "preset"
-        },
+        **{k: v for k, v in base.flat().items() if k.startswith(("data.", "train.", "scaling.")) or k == "preset"},
     }
     tags = {
         SWEEP_TAG: name,
@@ -204,9 +184,7 @@ def _tuner(base, space, settings, name, tune_root, experiment_path, parent, stor
         {"CPU": settings.trial_cpus},
     )
     if resume:
-        return tune.Tuner.restore(
-            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
+        return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     searcher = OptunaSearch(
         metric=METRIC,
         mode="max",
@@ -244,9 +222,7 @@ def child_runs(uri: str, experiment: str, parent: str) -> list:
     """The trials' MLflow runs of a sweep."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    return client.search_runs(
-        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
-    )
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000)
 
 
 def _end_stopped_trials(uri: str, experiment: str, parent: str) -> None:
