@@ -141,9 +141,7 @@ class RandomFrames:
 def random_index(total_bytes: int, frame_bytes: int) -> DatasetIndex:
     """Tracklets of 32 RandomFrames names adding up to about `total_bytes`."""
     n = total_bytes // frame_bytes // 32
-    train = [
-        Tracklet(tuple(f"f{t * 32 + i:07d}.jpg" for i in range(32)), t // 4, t % 4, "train") for t in range(n)
-    ]
+    train = [Tracklet(tuple(f"f{t * 32 + i:07d}.jpg" for i in range(32)), t // 4, t % 4, "train") for t in range(n)]
     return DatasetIndex("random", train, [], [], protocol="official")
 
 
@@ -176,9 +174,7 @@ def table(results: dict[str, tuple[float, float]], total_bytes: int) -> str:
 def main() -> None:
     """Run the benchmark and append its tables to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--repeats", type=int, default=7, help="runs of the packed methods (median); naive runs once"
-    )
+    parser.add_argument("--repeats", type=int, default=7, help="runs of the packed methods (median); naive runs once")
     parser.add_argument("--scale-mb", type=int, default=256, help="size of the at-scale run, MiB")
     parser.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
     args = parser.parse_args()

@@ -61,9 +61,7 @@ def _torchvision_weights(weights: str | Path | None, weights_enum):
         return weights_enum[str(weights)]
     except KeyError:
         names = ", ".join(["DEFAULT", *weights_enum.__members__])
-        raise ValueError(
-            f"unknown weights {weights!r}: give a file path to a state dict or one of {names}"
-        ) from None
+        raise ValueError(f"unknown weights {weights!r}: give a file path to a state dict or one of {names}") from None
 
 
 def load_imagenet_weights(net: nn.Module, path: str | Path) -> None:

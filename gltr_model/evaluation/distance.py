@@ -8,9 +8,7 @@ import torch.nn.functional as F
 METRICS = ("euclidean", "cosine")
 
 
-def compute_distance_matrix(
-    query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean"
-) -> torch.Tensor:
+def compute_distance_matrix(query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
     """(Q, D) x (G, D) -> (Q, G) distances of L2-normalised features (official GLTR: Euclidean)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: use one of {METRICS}")

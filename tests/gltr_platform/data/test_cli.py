@@ -139,9 +139,7 @@ def test_every_data_error_exits_1_with_one_line(capsys, s3_env, tmp_path, args, 
     assert_one_line_error(code, err, 1, text)
 
 
-def test_an_unreachable_endpoint_is_one_line_and_debug_shows_the_traceback(
-    capsys, s3_env, monkeypatch, tmp_path
-):
+def test_an_unreachable_endpoint_is_one_line_and_debug_shows_the_traceback(capsys, s3_env, monkeypatch, tmp_path):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
 

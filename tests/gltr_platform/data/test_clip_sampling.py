@@ -62,9 +62,7 @@ def test_a_tracklet_of_exactly_t_frames_is_used_whole(mode):
 @pytest.mark.parametrize("mode", ["consecutive", "restricted"])
 def test_same_generator_seed_gives_the_same_clips(mode):
     a, b = rng(7), rng(7)
-    assert all(
-        sample_clip(50, 8, mode, a).tolist() == sample_clip(50, 8, mode, b).tolist() for _ in range(20)
-    )
+    assert all(sample_clip(50, 8, mode, a).tolist() == sample_clip(50, 8, mode, b).tolist() for _ in range(20))
 
 
 @pytest.mark.parametrize("mode", ["consecutive", "restricted"])

@@ -54,9 +54,7 @@ def test_reads_every_split_with_pids_from_folders_and_zero_based_cameras_from_na
 
 def test_frames_are_absolute_paths_sorted_by_name(dukev):
     first = read_dukev(dukev).train[0]
-    assert list(first.frames) == [
-        str(dukev / "train" / "0001" / "0001" / name) for name in frames(1, 1, [1, 2, 3])
-    ]
+    assert list(first.frames) == [str(dukev / "train" / "0001" / "0001" / name) for name in frames(1, 1, [1, 2, 3])]
 
 
 def test_same_pid_same_camera_gallery_entries_are_kept_for_the_evaluation(tmp_path):

@@ -30,9 +30,7 @@ def names_for(rows) -> list[str]:
     return names
 
 
-def write_mars(
-    root: Path, train, test, query, train_names=None, test_names=None, mat_dir: Path | None = None
-) -> Path:
+def write_mars(root: Path, train, test, query, train_names=None, test_names=None, mat_dir: Path | None = None) -> Path:
     """A MARS tree without frame files: name lists (generated from the rows unless given) + .mat."""
     (root / "bbox_train").mkdir(parents=True)
     (root / "bbox_test").mkdir()

@@ -66,9 +66,7 @@ def test_sync_downloads_each_shard_once_and_serves_the_original_bytes(
     for shard in ds.manifest.shards:
         assert shard_gets(s3_server.log, shard.name) == 1
     raw = read_mars(synthetic_mars_root)
-    assert [(t.pid, t.camid, len(t)) for t in ds.index.gallery] == [
-        (t.pid, t.camid, len(t)) for t in raw.gallery
-    ]
+    assert [(t.pid, t.camid, len(t)) for t in ds.index.gallery] == [(t.pid, t.camid, len(t)) for t in raw.gallery]
     for ta, tb in zip(raw.query, ds.index.query, strict=True):
         assert [Path(f).read_bytes() for f in ta.frames] == [ds.read_frame(f) for f in tb.frames]
 
@@ -92,9 +90,7 @@ def test_two_processes_syncing_at_once_download_each_shard_exactly_once(packed_u
     version = parse_manifest(body, key).version_hash
     s3_server.log.clear()
     spawn = multiprocessing.get_context("spawn")
-    procs = [
-        spawn.Process(target=sync, args=(packed_uri, tmp_path), kwargs={"progress": False}) for _ in range(2)
-    ]
+    procs = [spawn.Process(target=sync, args=(packed_uri, tmp_path), kwargs={"progress": False}) for _ in range(2)]
     # Hold the entry's lock until both have read the manifest, so both contend for it.
     with FileLock(tmp_path / f"{version}.lock"):
         for p in procs:
@@ -128,9 +124,7 @@ def test_verify_detects_a_corrupted_cached_shard_and_fetches_it_again(packed_uri
     PackedDataset.open(ds.root, verify=True)
 
 
-def test_a_truncated_cached_shard_is_noticed_without_verify_and_fetched_again(
-    packed_uri, s3_server, tmp_path
-):
+def test_a_truncated_cached_shard_is_noticed_without_verify_and_fetched_again(packed_uri, s3_server, tmp_path):
     ds = sync(packed_uri, tmp_path, progress=False)
     bad = ds.manifest.shards[-1]
     with open(ds.root / bad.name, "r+b") as f:
@@ -222,9 +216,7 @@ def test_missing_credentials_say_how_to_provide_them(packed_uri, monkeypatch, tm
 
 def test_a_manifest_of_an_unknown_version_is_refused(s3_bucket, tmp_path):
     client = boto3.session.Session().client("s3")
-    client.put_object(
-        Bucket=s3_bucket, Key="future/manifest.json", Body=b'{"format":"gltr-packed","version":2}'
-    )
+    client.put_object(Bucket=s3_bucket, Key="future/manifest.json", Body=b'{"format":"gltr-packed","version":2}')
 
     with pytest.raises(DatasetError, match="manifest version 2"):
         sync(f"s3://{s3_bucket}/future", tmp_path / "cache")

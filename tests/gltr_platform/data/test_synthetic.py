@@ -163,9 +163,7 @@ def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
 
 
 def test_identities_are_recognisable_across_cameras_from_mean_colours(tmp_path):
-    config = SyntheticConfig(
-        num_ids=1, num_test_ids=20, num_cameras=3, tracklets_per_id=2, min_frames=4, max_frames=8
-    )
+    config = SyntheticConfig(num_ids=1, num_test_ids=20, num_cameras=3, tracklets_per_id=2, min_frames=4, max_frames=8)
     index = read_mars(generate_synthetic_mars(tmp_path / "mars", config))
 
     def colours(frames) -> np.ndarray:  # mean colour of torso and of legs over the tracklet

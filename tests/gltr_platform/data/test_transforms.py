@@ -113,9 +113,7 @@ def test_frames_of_different_sizes_in_one_clip_are_resized_to_one_size():
 
 def test_normalisation_is_imagenet_mean_and_std_like_todtype_plus_normalize():
     clip = torch.stack([textured_frame(s) for s in range(T)])
-    reference = v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )(clip)
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(clip)
     assert torch.allclose(build_test_transform(H, W)(clip), reference, atol=1e-5)
     white = build_test_transform(H, W)(torch.full((1, 3, H, W), 255, dtype=torch.uint8))
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
@@ -146,9 +144,7 @@ def test_decode_frames_returns_rgb_uint8_chw_close_to_the_encoded_pixels():
     decoded = decode_frames([jpeg_bytes(f) for f in frames], ["a", "b", "c"])
     assert [d.shape for d in decoded] == [(3, H, W)] * 3
     assert all(d.dtype == torch.uint8 for d in decoded)
-    error = np.mean(
-        [(d.float() - f.float()).abs().mean().item() for d, f in zip(decoded, frames, strict=True)]
-    )
+    error = np.mean([(d.float() - f.float()).abs().mean().item() for d, f in zip(decoded, frames, strict=True)])
     assert error < 3
 
 

@@ -152,9 +152,7 @@ def test_mlflow_run_holds_config_tags_artifacts_and_ends_finished(trained):
     assert tags["protocol"] == "official" and tags["dataset.uri"] == "s3://e2e/datasets/synth"
     artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
     assert {"config.json", "final_metrics.json", "cmc.png"} <= artifacts
-    final = json.loads(
-        Path(client.download_artifacts(outcome.mlflow_run_id, "final_metrics.json")).read_text()
-    )
+    final = json.loads(Path(client.download_artifacts(outcome.mlflow_run_id, "final_metrics.json")).read_text())
     assert final["protocol"] == "official" and final["test_mAP"] == pytest.approx(outcome.metrics["test_mAP"])
 
 
