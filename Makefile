@@ -30,6 +30,10 @@ format: env
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# The main job on embedded defaults: synthetic data served from a local S3 endpoint, a small sweep.
+demo: env
+	$(PY) experiments/demo.py
+
 bench: env
 	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done
 
