@@ -119,6 +119,7 @@ def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, re
         _end_stopped_trials(uri, base.run.experiment, parent)
         table = results_table(uri, base.run.experiment, parent, results)
         study = optuna.load_study(study_name=name, storage=storage)
+        _fail_orphaned_trials(study)
         _log_parent_artifacts(uri, parent, table, study)
         best, version = _register_champion(uri, parent, table, settings.register_as)
         failed = False
@@ -263,6 +264,14 @@ def results_table(uri: str, experiment: str, parent: str, results) -> pd.DataFra
     if len(table):
         table = table.sort_values("best_val_mAP", ascending=False, na_position="last").reset_index(drop=True)
     return table
+
+
+def _fail_orphaned_trials(study: optuna.Study) -> None:
+    """Optuna trials still RUNNING after the sweep were asked for by a driver that was killed before it
+    could tell Optuna the result (the restored sweep re-asks for them): mark them FAIL so the study's
+    completed trials are exactly the trials Tune ran."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _log_parent_artifacts(uri: str, parent: str, table: pd.DataFrame, study: optuna.Study) -> None:
