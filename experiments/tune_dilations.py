@@ -49,6 +49,13 @@ def build_parser() -> Parser:
                       help="override a training setting, e.g. --set optim.lr=0.005 (repeatable)")  # fmt: skip
     budget = p.add_argument_group("budget and scheduling")
     budget.add_argument("--trials", type=int, default=6, help="number of trials (default: %(default)s)")
+    budget.add_argument(
+        "--search",
+        choices=["tpe", "random", "grid"],
+        default="tpe",
+        help="Optuna TPE (default), Optuna random sampling, or every combination of the space once",
+    )
+    budget.add_argument("--no-early-stopping", action="store_true", help="run every trial to the end (no ASHA)")
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting new trials after this")
     budget.add_argument("--max-concurrent", type=int, default=2, help="trials at once (default: %(default)s)")
     budget.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (sets scaling.num_workers)")
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
             study_storage=args.study_storage,
             storage_path=args.storage_path,
             register_as=args.register_as,
+            search=args.search,
+            early_stopping=not args.no_early_stopping,
         )
         init_ray(args.ray_address)
         outcome = run_sweep(base, space, settings, resume=args.resume)

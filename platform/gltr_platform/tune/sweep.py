@@ -17,7 +17,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import pandas as pd
@@ -59,6 +59,8 @@ class SweepSettings(BaseModel):
     storage_path: str = Field("~/ray_results/gltr-sweeps", description="Tune and checkpoint storage")
     register_as: str = Field("gltr", description="Model Registry name for the champion")
     trial_cpus: float = Field(0.05, gt=0, description="CPU reserved for each trial's driver")
+    search: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna TPE, random, or the full grid")
+    early_stopping: bool = Field(True, description="ASHA early stopping (off: every trial runs all epochs)")
 
 
 @dataclass
@@ -84,7 +86,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], parent_run_id: str, 
     """Tune function trainable: one Ray Train run with the sampled parameters."""
     ctx = tune.get_context()
     name = ctx.get_trial_name()
-    cfg = trial_config(validate_config(base), params, name=name, storage_path=storage)
+    cfg = trial_config(validate_config(base), trial_params(params), name=name, storage_path=storage)
     uri = resolve_tracking_uri(cfg.run.tracking_uri)
     resume = existing_run(uri, cfg.run.experiment, name) is not None  # a restored sweep re-enters
     run_training(
@@ -94,6 +96,12 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], parent_run_id: str, 
         parent_run_id=parent_run_id,
         extra_tags={SWEEP_TAG: sweep, "tune.trial_id": ctx.get_trial_id()},
     )
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters: sampled ones as they are, a grid search's combination unpacked."""
+    config = dict(config)
+    return {**config.pop("combo", {}), **config}
 
 
 def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, resume: bool = False) -> SweepOutcome:
@@ -118,8 +126,9 @@ def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, re
         results = _tuner(base, space, settings, name, tune_root, experiment_path, parent, storage, resume).fit()
         _end_stopped_trials(uri, base.run.experiment, parent)
         table = results_table(uri, base.run.experiment, parent, results)
-        study = optuna.load_study(study_name=name, storage=storage)
-        _fail_orphaned_trials(study)
+        study = None if settings.search == "grid" else optuna.load_study(study_name=name, storage=storage)
+        if study is not None:
+            _fail_orphaned_trials(study)
         _log_parent_artifacts(uri, parent, table, study)
         best, version = _register_champion(uri, parent, table, settings.register_as)
         failed = False
@@ -186,30 +195,38 @@ def _tuner(base, space, settings, name, tune_root, experiment_path, parent, stor
     )
     if resume:
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    searcher = OptunaSearch(
-        metric=METRIC,
-        mode="max",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        study_name=name,
-        storage=storage,
+    sampler = (
+        optuna.samplers.RandomSampler(seed=settings.seed)
+        if settings.search == "random"
+        else optuna.samplers.TPESampler(seed=settings.seed)
     )
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        # One past the last epoch: at max_t ASHA would stop the trial at its final report, killing it
-        # before it logs its model. Trials that reach the end finish on their own.
-        max_t=base.train.epochs + 1,
-        grace_period=min(settings.grace_period or base.train.eval_every, base.train.epochs),
-        reduction_factor=settings.reduction_factor,
+    param_space = space.tune_space()
+    if settings.search == "grid":  # every categorical combination once, in order: no sampler needed
+        searcher = None
+        param_space = {"combo": tune.grid_search(space.grid())}
+    else:
+        searcher = OptunaSearch(metric=METRIC, mode="max", sampler=sampler, study_name=name, storage=storage)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            # One past the last epoch: at max_t ASHA would stop the trial at its final report, killing it
+            # before it logs its model. Trials that reach the end finish on their own.
+            max_t=base.train.epochs + 1,
+            grace_period=min(settings.grace_period or base.train.eval_every, base.train.epochs),
+            reduction_factor=settings.reduction_factor,
+        )
+        if settings.early_stopping
+        else None
     )
     return tune.Tuner(
         trainable,
-        param_space=space.tune_space(),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=settings.trials,
+            num_samples=1 if settings.search == "grid" else settings.trials,
             max_concurrent_trials=settings.max_concurrent,
             time_budget_s=settings.time_budget_s,
             trial_name_creator=lambda trial: f"{name}-{trial.trial_id}",
@@ -240,7 +257,7 @@ def results_table(uri: str, experiment: str, parent: str, results) -> pd.DataFra
     runs = {r.data.tags.get("tune.trial_id"): r for r in child_runs(uri, experiment, parent)}
     rows = []
     for result in results:
-        cfg, metrics = result.config or {}, result.metrics or {}
+        cfg, metrics = trial_params(result.config or {}), result.metrics or {}
         run = runs.get(metrics.get("trial_id"))
         rows.append(
             {
@@ -274,13 +291,13 @@ def _fail_orphaned_trials(study: optuna.Study) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def _log_parent_artifacts(uri: str, parent: str, table: pd.DataFrame, study: optuna.Study) -> None:
+def _log_parent_artifacts(uri: str, parent: str, table: pd.DataFrame, study: optuna.Study | None) -> None:
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "trials.csv"
         table.to_csv(csv, index=False)
         client.log_artifact(parent, str(csv))
-        for path in write_study_plots(study, Path(tmp) / "plots"):
+        for path in write_study_plots(study, Path(tmp) / "plots") if study is not None else []:
             client.log_artifact(parent, str(path), artifact_path="plots")
 
 
