@@ -24,8 +24,6 @@ from gltr_platform.data.synthetic import SyntheticConfig, generate_synthetic_mar
 from gltr_platform.train.config import build_config
 from gltr_platform.train.trainer import load_trained_model, run_training
 
-pytestmark = pytest.mark.slow
-
 SECRET = "sEcReT-never-log-me-8c1f"  # the AWS secret key of this test: must appear nowhere
 EPOCHS = 24
 FAIL_AT = 3
