@@ -97,7 +97,7 @@ def check_auth_environment() -> str | None:
         return None
     return (
         f"--basic-auth needs {' and '.join(missing)} in the environment (no default password is ever used); "
-        f"""e.g. export {SECRET_KEY_ENV}="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')""""
+        f"e.g. export {SECRET_KEY_ENV}=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\""
     )
 
 
