@@ -7,19 +7,16 @@ Reported per strategy: best validation mAP reached, trial-epochs spent (the cost
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import ray
+from report import append_section  # bench/ is on sys.path when a script runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import append_section  # noqa: E402
-
-from gltr_platform.train.config import build_config  # noqa: E402
-from gltr_platform.tune.search_space import SearchSpace  # noqa: E402
-from gltr_platform.tune.sweep import SweepSettings, run_sweep  # noqa: E402
+from gltr_platform.train.config import build_config
+from gltr_platform.tune.search_space import SearchSpace
+from gltr_platform.tune.sweep import SweepSettings, run_sweep
 
 # A reduced space whose full grid is affordable here: 4 pyramids x 2 widths, T fixed.
 SPACE = SearchSpace(dilations=[[1, 2, 3], [1, 2, 4], [2, 4, 8], [1, 2, 4, 8]], seq_len=[4], attention_width=[16, 64])

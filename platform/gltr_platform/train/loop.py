@@ -23,7 +23,7 @@ from torch import nn
 from gltr_model import GLTR, ReIDLoss
 from gltr_platform.data.index import DatasetIndex, FrameSource, Tracklet, carve_validation, relabel
 from gltr_platform.data.loaders import build_train_loader
-from gltr_platform.data.transforms import build_train_transform
+from gltr_platform.data.transforms import build_train_transform, normalize_clip
 from gltr_platform.train.checkpoint import (
     load_state,
     rng_state,
@@ -131,6 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             flip_p=cfg.data.flip_p,
             pad=round(cfg.data.width / 12.8) if cfg.data.pad is None else cfg.data.pad,
             erase_p=cfg.data.erase_p,
+            normalize=False,  # uint8 clips leave the loader; train_one_epoch normalises on the device
         ),
         seq_len=cfg.data.seq_len,
         p=cfg.p,
@@ -235,6 +236,8 @@ def train_one_epoch(
     start = time.perf_counter()
     for clips, labels, _ in loader:
         clips = clips.to(device, non_blocking=True)
+        if clips.dtype == torch.uint8:
+            clips = normalize_clip(clips)
         labels = labels.to(device, non_blocking=True)
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast:

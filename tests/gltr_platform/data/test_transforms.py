@@ -15,6 +15,7 @@ from gltr_platform.data.transforms import (
     build_test_transform,
     build_train_transform,
     decode_frames,
+    normalize_clip,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities")
@@ -164,3 +165,13 @@ def test_a_corrupt_frame_raises_dataset_error_naming_it(corrupt):
     bad = good[: len(good) // 2] if corrupt == "truncated" else corrupt
     with pytest.raises(DatasetError, match="cam1/0002.jpg"):
         decode_frames([good, bad, good], ["cam1/0001.jpg", "cam1/0002.jpg", "cam1/0003.jpg"])
+
+
+def test_unnormalised_train_clips_are_uint8_and_normalise_to_the_same_clip():
+    frames = [torch.randint(0, 256, (3, 40, 20), dtype=torch.uint8) for _ in range(4)]
+    torch.manual_seed(7)
+    as_float = build_train_transform(32, 16, pad=2)(frames)
+    torch.manual_seed(7)
+    as_uint8 = build_train_transform(32, 16, pad=2, normalize=False)(frames)
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (4, 3, 32, 16)
+    assert torch.allclose(normalize_clip(as_uint8), as_float)
