@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             return 0
         from gltr_platform.train.trainer import run_training
 
-        init_ray(args.ray_address)
-        outcome = run_training(cfg, resume=args.resume)
+        outcome = run_training(cfg, resume=args.resume, connect=lambda: init_ray(args.ray_address))
         m = outcome.metrics
         print(f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}")
         print(

@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             search=args.search,
             early_stopping=not args.no_early_stopping,
         )
-        init_ray(args.ray_address)
-        outcome = run_sweep(base, space, settings, resume=args.resume)
+        outcome = run_sweep(base, space, settings, resume=args.resume, connect=lambda: init_ray(args.ray_address))
         print_summary(outcome)
         return 0 if outcome.best is not None else 1
 

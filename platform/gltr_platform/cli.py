@@ -16,14 +16,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from gltr_platform.data.index import DatasetError
-from gltr_platform.train.config import ConfigError
-from gltr_platform.train.tracking import TrackingError
+from gltr_platform.errors import ConfigError, ServiceUnavailable, TrackingError
 
 OK, FAILED, BAD_INPUT, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class ServiceUnavailable(RuntimeError):
-    """A service the run needs (Ray cluster, S3 endpoint) cannot be reached."""
 
 
 class Parser(argparse.ArgumentParser):

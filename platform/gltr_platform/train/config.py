@@ -11,17 +11,33 @@ import json
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from gltr_model.backbone import BACKBONES
+from gltr_platform.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A configuration is invalid. The message names the key and what would be valid."""
+# The names gltr_model.backbone.BACKBONES builds (a test keeps them equal; importing it here would load
+# torch before a command line is even parsed).
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`train.epochs=true` must not quietly become 1 epoch (pydantic's lax mode would allow it)."""
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
 
 
 class DataConfig(_Section):
@@ -61,8 +77,8 @@ class ModelConfig(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}: choose one of {sorted(BACKBONES)}")
+        if v not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {v!r}: choose one of {list(BACKBONE_NAMES)}")
         return v
 
     @field_validator("dilations", mode="before")
@@ -116,6 +132,14 @@ class TrainLoopConfig(_Section):
     fail_once_at_epoch: int | None = Field(
         None, description="fault injection for tests: raise once in rank 0 at this epoch"
     )
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML reads `on`/`off` as booleans: take them back as the words the user wrote."""
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return v
 
     @model_validator(mode="after")
     def _batch_divisible_by_k(self) -> TrainLoopConfig:
@@ -210,6 +234,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run": {"keep_checkpoints": 1},
     },
 }
+
+
+def _numeric(annotation: Any) -> bool:
+    args = getattr(annotation, "__args__", ())
+    return annotation in (int, float) or any(a in (int, float) for a in args)
 
 
 def parse_value(text: str) -> Any:

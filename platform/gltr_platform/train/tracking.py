@@ -22,13 +22,13 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
+from gltr_platform.errors import TrackingError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SECRET_PATTERN = re.compile(r"(secret|password|passwd|token|access_key|session_key|credential)", re.IGNORECASE)
+SECRET_PATTERN = re.compile(
+    r"(secret|password|passwd|token|access_?key|session_?key|api_?key|private_?key|credential)", re.IGNORECASE
+)
 NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc", "param_checksum"}
-
-
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be reached or used."""
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:
@@ -49,7 +49,8 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training starts, when the tracking store is unreachable."""
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            # Without user:password@ (urllib would read it as part of the host); /health needs no login.
+            with urllib.request.urlopen(redact_uri(uri).rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status != 200:
                     raise TrackingError(f"MLflow server {redact_uri(uri)} answered {response.status} on /health")
         except urllib.error.HTTPError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,13 @@ def run_training(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     log_model: bool = True,
+    connect: Callable[[], None] | None = None,
 ) -> TrainingOutcome:
-    """Train `cfg` with Ray Train and record it in MLflow; raises on failure (the run ends FAILED)."""
+    """Train `cfg` with Ray Train and record it in MLflow; raises on failure (the run ends FAILED).
+
+    `connect` (e.g. joining the Ray cluster) runs after the inputs are checked and before anything is
+    created, so bad input fails in seconds and leaves nothing behind.
+    """
     uri = resolve_tracking_uri(cfg.run.tracking_uri)
     check_tracking_store(uri)
     name = cfg.run.name or new_run_name()
@@ -110,6 +116,8 @@ def run_training(
             f"a run named {name!r} already exists in experiment {cfg.run.experiment!r}: "
             "pass --resume to continue it, or choose another --name"
         )
+    if connect is not None:
+        connect()
     if run_id is None:
         run_id = start_run(uri, cfg.run.experiment, name, cfg.flat(), tags, parent_run_id)
     else:

@@ -15,6 +15,7 @@ import os
 import tempfile
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,7 @@ class SweepSettings(BaseModel):
     storage_path: str = Field("~/ray_results/gltr-sweeps", description="Tune and checkpoint storage")
     register_as: str = Field("gltr", description="Model Registry name for the champion")
     trial_cpus: float = Field(0.05, gt=0, description="CPU reserved for each trial's driver")
+    trial_max_failures: int = Field(1, ge=0, description="retries of a trial whose driver died (e.g. spot node)")
     search: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna TPE, random, or the full grid")
     early_stopping: bool = Field(True, description="ASHA early stopping (off: every trial runs all epochs)")
 
@@ -104,8 +106,17 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     return {**config.pop("combo", {}), **config}
 
 
-def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, resume: bool = False) -> SweepOutcome:
-    """Run (or resume) a sweep and return its results; the parent MLflow run always ends."""
+def run_sweep(
+    base: TrainConfig,
+    space: SearchSpace,
+    settings: SweepSettings,
+    resume: bool = False,
+    connect: Callable[[], None] | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep and return its results; the parent MLflow run always ends.
+
+    `connect` (joining the Ray cluster) runs once the inputs are checked, before anything is created.
+    """
     uri = resolve_tracking_uri(base.run.tracking_uri)
     check_tracking_store(uri)
     base = base.model_copy(update={"run": base.run.model_copy(update={"tracking_uri": uri})})
@@ -118,6 +129,8 @@ def run_sweep(base: TrainConfig, space: SearchSpace, settings: SweepSettings, re
     if not resume and restorable:
         raise ConfigError(f"a sweep named {name!r} already exists under {tune_root}: pass --resume or another --name")
     data_tags = dataset_tags(base)  # sync the dataset once here, so trials find it in the cache
+    if connect is not None:
+        connect()
     study_url = settings.study_storage or _default_study_url(tune_root, name)
     storage = optuna.storages.RDBStorage(study_url)
     parent = _parent_run(uri, base, space, settings, name, data_tags, study_url, resume)
@@ -232,7 +245,13 @@ def _tuner(base, space, settings, name, tune_root, experiment_path, parent, stor
             trial_name_creator=lambda trial: f"{name}-{trial.trial_id}",
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=tune_root),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=tune_root,
+            # A trial restarted after its driver died re-enters run_training, which resumes its Ray Train
+            # run from the last checkpoint and its MLflow run (see run_trial).
+            failure_config=tune.FailureConfig(max_failures=settings.trial_max_failures),
+        ),
     )
 
 
