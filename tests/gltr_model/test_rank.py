@@ -100,13 +100,91 @@ def test_agrees_with_the_per_query_oracle_on_random_data_with_ties(protocol, see
     assert mAP == pytest.approx(ref_mAP, abs=1e-12)
 
 
+def agree_with_oracle(args, protocol, max_rank=10, **kwargs):
+    cmc, mAP = evaluate_rank(*args, max_rank=max_rank, protocol=protocol, **kwargs)
+    ref_cmc, ref_mAP = evaluate_rank_reference(*args, max_rank=max_rank, protocol=protocol)
+    np.testing.assert_allclose(cmc, ref_cmc)
+    assert mAP == pytest.approx(ref_mAP, abs=1e-12)
+    return cmc, mAP
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "official"])
+def test_true_match_behind_every_other_entry_is_ranked_last(protocol):
+    # one true match, farther than every negative and junk entry
+    g_pids, g_camids = [2, 3, -1, 1, 4, 1], [0, 0, 1, 0, 2, 1]
+    cmc, mAP = one_query([0.1, 0.2, 0.3, 0.4, 0.5, 0.9], g_pids, g_camids, protocol, max_rank=6)
+    valid = 4 if protocol == "official" else 5  # same-camera pid 1 is junk; pid -1 too, officially
+    assert cmc.tolist() == [0] * (valid - 1) + [1] * (7 - valid)
+    # official: trapezoid from precision 0 just before the hit (no earlier hits) to 1 / rank at it
+    assert mAP == pytest.approx(1 / valid if protocol == "torchreid" else (0 + 1 / valid) / 2)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "official"])
+def test_rows_where_every_distance_ties_rank_in_gallery_order(protocol):
+    rng = np.random.default_rng(0)
+    q_pids, g_pids = rng.integers(-1, 4, 12), rng.integers(-1, 4, 50)
+    q_camids, g_camids = rng.integers(0, 2, 12), rng.integers(0, 2, 50)
+    for value in (0.0, 0.7):
+        dist = np.full((12, 50), value, dtype=np.float32)
+        agree_with_oracle((dist, q_pids, g_pids, q_camids, g_camids), protocol, max_rank=50)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "official"])
+def test_negatives_tied_between_true_matches_go_by_gallery_order(protocol):
+    # pid 1 matches at columns 1 and 4, negatives at columns 0, 2, 3, 5: all at the same distance,
+    # and a closer and a farther negative around them
+    distances = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.1, 0.9]
+    g_pids, g_camids = [2, 1, 3, 2, 1, 4, 5, 6], [1] * 8
+    cmc, mAP = one_query(distances, g_pids, g_camids, protocol, max_rank=8)
+    assert cmc.tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # order: col 6, 0, 1, 2, 3, 4, ...
+    agree_with_oracle((np.array([distances], dtype=np.float32), [1], g_pids, [0], g_camids), protocol)
+
+
+def test_negative_zero_ties_with_zero():
+    dist = np.array([[0.0, -0.0, 0.0, 1.0]], dtype=np.float32)
+    for protocol in ("torchreid", "official"):
+        cmc, _ = agree_with_oracle((dist, [1], [2, 1, 1, 3], [0], [1, 1, 1, 1]), protocol, max_rank=3)
+        assert cmc[0] == 0 and cmc[1] == 1
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "official"])
+def test_block_size_does_not_change_the_result(protocol):
+    rng = np.random.default_rng(7)
+    q_pids, g_pids = rng.integers(-1, 30, 300), rng.integers(-1, 30, 700)
+    q_camids, g_camids = rng.integers(0, 6, 300), rng.integers(0, 6, 700)
+    dist = rng.random((300, 700)).astype(np.float32)
+    dist[:, ::7] = np.round(dist[:, ::7], 2)  # some exact ties as well
+    args = (dist, q_pids, g_pids, q_camids, g_camids)
+    results = [evaluate_rank(*args, protocol=protocol, block_size=bs) for bs in (1, 13, 128, 10_000)]
+    for cmc, mAP in results[1:]:
+        np.testing.assert_array_equal(cmc, results[0][0])
+        assert mAP == pytest.approx(results[0][1], abs=1e-12)
+    agree_with_oracle(args, protocol, max_rank=20)
+
+
+def test_torch_float64_and_integer_distances_give_the_same_ranking():
+    rng = np.random.default_rng(3)
+    dist = rng.integers(0, 50, (20, 60))
+    ids = (rng.integers(0, 5, 20), rng.integers(-1, 5, 60), rng.integers(0, 3, 20), rng.integers(0, 3, 60))
+    for protocol in ("torchreid", "official"):
+        expected = agree_with_oracle((dist, *ids), protocol)
+        for d in (dist.astype(np.float32), torch.tensor(dist, dtype=torch.float64), torch.tensor(dist)):
+            cmc, mAP = evaluate_rank(d, *ids, max_rank=10, protocol=protocol)
+            np.testing.assert_array_equal(cmc, expected[0])
+            assert mAP == expected[1]
+
+
+def test_empty_query_set_is_an_error():
+    with pytest.raises(ValueError, match="no query rows"):
+        evaluate_rank(np.zeros((0, 3)), [], [1, 2, 3], [], [0, 0, 0], protocol="official")
+
+
 def mars_test_split(protocol):
     tracks = scipy.io.loadmat(MARS_INFO / "tracks_test_info.mat")["track_test_info"]
     query = scipy.io.loadmat(MARS_INFO / "query_IDX.mat")["query_IDX"].ravel().astype(int) - 1
     pids, camids = tracks[:, 2].astype(int), tracks[:, 3].astype(int) - 1
-    if protocol == "official":
-        gallery = np.arange(len(tracks))
-    else:
+    gallery = np.arange(len(tracks))
+    if protocol == "torchreid":
         gallery = np.setdiff1d(np.flatnonzero(pids != -1), query)
     return pids[query], camids[query], pids[gallery], camids[gallery]
 
