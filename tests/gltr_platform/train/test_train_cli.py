@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "experiments" / "train_gltr.py"
 LIMIT_S = 90  # stop a case that hangs; far above the ~10-25 s a case takes on 2 busy cores
 
+
 @dataclass(frozen=True)
 class Case:
     args: tuple[str, ...]
