@@ -21,7 +21,7 @@ from gltr_platform.tune.sweep import SweepSettings, run_sweep
 # A reduced space whose full grid is affordable here: 4 pyramids x 2 widths, T fixed.
 SPACE = SearchSpace(dilations=[[1, 2, 3], [1, 2, 4], [2, 4, 8], [1, 2, 4, 8]], seq_len=[4], attention_width=[16, 64])
 BUDGET = 4  # trials for TPE + ASHA and for random search
-EPOCHS = 12
+EPOCHS = 9
 
 
 def main() -> None:

@@ -48,11 +48,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gltr_model import ReIDLoss
-from gltr_platform.data.loaders import build_train_loader
-from gltr_platform.data.transforms import build_train_transform
 from gltr_platform.train.checkpoint import STATE_FILE, rng_state, save_state
 from gltr_platform.train.config import TrainConfig, build_config
 from gltr_platform.train.loop import (
+    build_loader,
     build_model,
     build_optimizer,
     build_scheduler,
@@ -120,24 +119,7 @@ def bare_loop(cfg: TrainConfig, epochs: int, threads: int) -> tuple[Timed, float
     scheduler = build_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     criterion = ReIDLoss(cfg.optim.label_smoothing, cfg.optim.triplet_weight, cfg.optim.triplet_margin)
-    loader = build_train_loader(  # the call train_loop_per_worker makes, as rank 0 of 1
-        splits.train,
-        splits.source,
-        build_train_transform(
-            cfg.data.height,
-            cfg.data.width,
-            flip_p=cfg.data.flip_p,
-            pad=round(cfg.data.width / 12.8) if cfg.data.pad is None else cfg.data.pad,
-            erase_p=cfg.data.erase_p,
-        ),
-        seq_len=cfg.data.seq_len,
-        p=cfg.p,
-        k=cfg.train.num_instances,
-        sampling=cfg.data.sampling,
-        seed=cfg.train.seed,
-        num_workers=cfg.data.loader_workers,
-        label_map=splits.label_map,
-    )
+    loader = build_loader(cfg, splits)  # what train_loop_per_worker builds, as rank 0 of 1
     timed = Timed([], [])
     for epoch in range(1, epochs + 2):
         loader.sampler.set_epoch(epoch)

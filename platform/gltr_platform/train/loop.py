@@ -101,6 +101,31 @@ def prepare_splits(cfg: TrainConfig) -> Splits:
     return Splits(val.train, val.query, val.gallery, index, relabel(val.train), source)
 
 
+def build_loader(cfg: TrainConfig, splits: Splits, rank: int = 0, world: int = 1):
+    """This rank's PK-batched training loader; it hands out uint8 clips (train_one_epoch normalises)."""
+    return build_train_loader(
+        splits.train,
+        splits.source,
+        build_train_transform(
+            cfg.data.height,
+            cfg.data.width,
+            flip_p=cfg.data.flip_p,
+            pad=round(cfg.data.width / 12.8) if cfg.data.pad is None else cfg.data.pad,
+            erase_p=cfg.data.erase_p,
+            normalize=False,  # 4x less to move between processes and to the GPU
+        ),
+        seq_len=cfg.data.seq_len,
+        p=cfg.p,
+        k=cfg.train.num_instances,
+        sampling=cfg.data.sampling,
+        seed=cfg.train.seed,
+        num_replicas=world,
+        rank=rank,
+        num_workers=cfg.data.loader_workers,
+        label_map=splits.label_map,
+    )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: one process per worker (GPU), `config` is a TrainConfig as a dict."""
     cfg = TrainConfig.model_validate(config)
@@ -122,27 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     criterion = ReIDLoss(cfg.optim.label_smoothing, cfg.optim.triplet_weight, cfg.optim.triplet_margin)
-    loader = build_train_loader(
-        splits.train,
-        splits.source,
-        build_train_transform(
-            cfg.data.height,
-            cfg.data.width,
-            flip_p=cfg.data.flip_p,
-            pad=round(cfg.data.width / 12.8) if cfg.data.pad is None else cfg.data.pad,
-            erase_p=cfg.data.erase_p,
-            normalize=False,  # uint8 clips leave the loader; train_one_epoch normalises on the device
-        ),
-        seq_len=cfg.data.seq_len,
-        p=cfg.p,
-        k=cfg.train.num_instances,
-        sampling=cfg.data.sampling,
-        seed=cfg.train.seed,
-        num_replicas=world,
-        rank=rank,
-        num_workers=cfg.data.loader_workers,
-        label_map=splits.label_map,
-    )
+    loader = build_loader(cfg, splits, rank, world)
 
     start_epoch, best_val = 1, 0.0
     checkpoint = ray.train.get_checkpoint()
