@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -144,18 +145,12 @@ class EpochMetricsLogger(UserCallback):
         if epoch <= self.last_step:
             return  # already logged before a restart: keep the series free of duplicates
         scalars = [
-            mlflow.entities.Metric(key, float(value), int(_now_ms()), epoch)
+            mlflow.entities.Metric(key, float(value), int(time.time() * 1000), epoch)
             for key, value in values.items()
             if key not in NOT_LOGGED_PER_EPOCH and isinstance(value, int | float) and not isinstance(value, bool)
         ]
         client.log_batch(self.run_id, metrics=scalars, synchronous=True)
         self.last_step = epoch
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
 
 
 def log_json(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
