@@ -21,6 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchConfig, TorchTrainer
 
+import gltr_model
 from gltr_platform.train.checkpoint import load_state
 from gltr_platform.train.config import TrainConfig
 from gltr_platform.train.datasets import open_training_data
@@ -225,7 +226,6 @@ def log_gltr_model(uri: str, run_id: str, model: torch.nn.Module, cfg: TrainConf
     example = example.astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    package_root = Path(__file__).resolve().parents[3]
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
@@ -236,7 +236,8 @@ def log_gltr_model(uri: str, run_id: str, model: torch.nn.Module, cfg: TrainConf
             # Pickled, not torch.export'ed: an exported program fixes the clip length T at export time,
             # and test tracklets come in every length.
             serialization_format="pickle",
-            code_paths=[str(package_root / "gltr_model")],
+            # Wherever gltr_model lives (a checkout, site-packages, or Ray's py_modules directory).
+            code_paths=[str(Path(gltr_model.__file__).resolve().parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
         )
     mlflow.set_tracking_uri(None)
