@@ -148,6 +148,27 @@ class PackedDataset:
         return fd
 
 
+def fetch_manifest(uri: str, protocol: str = "torchreid") -> Manifest:
+    """Only the manifest of the packed dataset at `uri`: its index and version, no shard downloaded."""
+    return _get_manifest(uri, protocol, s3.make_client())[0]
+
+
+def _get_manifest(uri: str, protocol: str, client: Any) -> tuple[Manifest, bytes]:
+    loc = s3.parse_s3_uri(uri)
+    manifest_uri = loc.child(MANIFEST_NAME)
+    with s3.s3_errors(loc, manifest_uri, client):
+        try:
+            raw = client.get_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise DatasetError(
+                f"no packed dataset at {loc}: {manifest_uri} does not exist; check the prefix, "
+                "or pack one with `python -m gltr_platform.data pack SRC " + str(loc) + "`"
+            ) from None
+    manifest = parse_manifest(raw, manifest_uri)
+    check_protocol(manifest, protocol)
+    return manifest, raw
+
+
 def sync(
     uri: str,
     cache_dir: str | Path,
@@ -163,17 +184,7 @@ def sync(
     """
     loc = s3.parse_s3_uri(uri)
     client = s3.make_client()
-    manifest_uri = loc.child(MANIFEST_NAME)
-    with s3.s3_errors(loc, manifest_uri, client):
-        try:
-            raw = client.get_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))["Body"].read()
-        except client.exceptions.NoSuchKey:
-            raise DatasetError(
-                f"no packed dataset at {loc}: {manifest_uri} does not exist; check the prefix, "
-                "or pack one with `python -m gltr_platform.data pack SRC " + str(loc) + "`"
-            ) from None
-    manifest = parse_manifest(raw, manifest_uri)
-    check_protocol(manifest, protocol)
+    manifest, raw = _get_manifest(uri, protocol, client)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     entry = cache / manifest.version_hash

@@ -22,6 +22,9 @@ from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchConfig, TorchTrainer
 
 import gltr_model
+from gltr_platform.data import s3
+from gltr_platform.data.manifest import build_index
+from gltr_platform.data.shard_cache import fetch_manifest
 from gltr_platform.train.checkpoint import load_state
 from gltr_platform.train.config import TrainConfig
 from gltr_platform.train.datasets import open_training_data
@@ -66,8 +69,17 @@ def new_run_name() -> str:
 
 
 def dataset_tags(cfg: TrainConfig) -> dict[str, str]:
-    """Open (sync) the dataset once on the driver: fails early on bad data, and names the version."""
-    index, _, info = open_training_data(cfg, progress=True)
+    """Check the dataset on the driver before anything starts, and name its version.
+
+    For s3:// only the manifest is read: the driver (on a cluster, the CPU head) never downloads the
+    shards, each training node syncs them once. A local source is opened (and packed into the cache).
+    """
+    if s3.is_s3_uri(cfg.data.source):
+        manifest = fetch_manifest(cfg.data.source, cfg.data.protocol)
+        index = build_index(manifest, cfg.data.protocol)
+        info = {"uri": cfg.data.source, "version": manifest.version_hash}
+    else:
+        index, _, info = open_training_data(cfg, progress=True)
     if not index.train or not index.query or not index.gallery:
         raise ValueError(f"dataset {cfg.data.source} has an empty train, query or gallery split")
     return {
