@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def main() -> int:
     cfg = build_config("cpu-demo")
     print("1/3 synthetic MARS-format dataset ...", flush=True)
     raw = ensure_synthetic_mars(cache / "synthetic", synthetic_config(cfg))
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request in the demo's output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
