@@ -182,6 +182,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         last = epoch == cfg.train.epochs
         metrics[CHECKPOINT_SCORE] = -1.0
         if epoch % cfg.train.eval_every == 0 or last:
+            _sync_buffers(core)
             val, _ = retrieval_metrics(
                 core, splits.val_query, splits.val_gallery, splits.source,
                 protocol="torchreid", prefix="val_", **extract,
@@ -265,6 +266,18 @@ def train_one_epoch(
         "train_acc": correct / max(clips_seen, 1),
         "clips_per_s": clips_seen / max(elapsed, 1e-9),
     }
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics before evaluating.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step every rank holds the
+    statistics of its own last batch. Without this, ranks would embed their share of the tracklets with
+    slightly different models, and the metrics would not be those of the checkpointed model.
+    """
+    if torch.distributed.is_initialized():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _gather(obj: Any) -> list[Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -184,3 +186,20 @@ def test_resume_continues_the_same_run_from_its_last_checkpoint(trained):
     assert resumed.mlflow_run_id == outcome.mlflow_run_id
     assert [step for step, _ in history(resumed, cfg, "loss")] == list(range(1, EPOCHS + 3))
     assert MlflowClient(cfg.run.tracking_uri).get_run(resumed.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_evaluate_cli_scores_a_registered_model_like_the_run_did(trained):
+    cfg, outcome, _ = trained
+    mlflow.set_tracking_uri(cfg.run.tracking_uri)
+    version = mlflow.register_model(outcome.model_uri, "e2e-gltr").version
+    mlflow.MlflowClient().set_registered_model_alias("e2e-gltr", "champion", version)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[3] / "experiments" / "evaluate.py"),
+         "--model", "models:/e2e-gltr@champion", "--data", "s3://e2e/datasets/synth",
+         "--tracking-uri", cfg.run.tracking_uri, "--cache-dir", cfg.data.cache_dir, "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["protocol"] == "official"
+    assert scores["mAP"] == pytest.approx(outcome.metrics["test_mAP"], abs=1e-4)  # same model, data, protocol
