@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import tracemalloc
 from functools import partial
@@ -12,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import torch
+from report import append_section  # bench/ is on sys.path when a script runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import append_section  # noqa: E402
-
-from gltr_model.evaluation import compute_distance_matrix, evaluate_rank, evaluate_rank_reference  # noqa: E402
+from gltr_model.evaluation import compute_distance_matrix, evaluate_rank, evaluate_rank_reference
 
 MARS_INFO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars-info"
 

@@ -9,16 +9,12 @@ the fastest of the steps that fit in a time budget: about a minute and a half in
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
+from report import append_section  # bench/ is on sys.path when a script runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import append_section  # noqa: E402
-
-from gltr_model import GLTR, ReIDLoss  # noqa: E402
+from gltr_model import GLTR, ReIDLoss
 
 BATCH, SEQ_LEN, HEIGHT, WIDTH = 2, 8, 256, 128
 NUM_CLASSES = 625  # MARS training identities

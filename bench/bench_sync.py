@@ -30,8 +30,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
+
+from report import append_section  # bench/ is on sys.path when a script runs
 
 from gltr_platform.data import s3
 from gltr_platform.data.index import DatasetIndex, Tracklet
@@ -265,24 +266,12 @@ def main() -> None:
     )
     print(small_table, scale_table, setup, reading, sep="\n\n")
     if not args.no_append:
-        append_section(small_table, scale_table, setup, reading)
-
-
-def append_section(small_table: str, scale_table: str, setup: str, reading: str) -> None:
-    """Append a dated section to BENCHMARKS.md, creating the file if needed, never rewriting it."""
-    path = REPO / "BENCHMARKS.md"
-    header = "" if path.exists() else "# Benchmarks\n\nAppended by `make bench`; newest sections last.\n"
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    section = (
-        f"{header}\n## S3 sync: packed shards vs one object per frame\n\n"
-        f"_{stamp}; {os.cpu_count()} CPU cores ({platform.machine()}), load average {load}; "
-        f"Python {platform.python_version()}_\n\n`bench/bench_sync.py`. {setup}\n\n"
-        f"Small (synthetic MARS):\n\n{small_table}\n\nAt scale:\n\n{scale_table}\n\n{reading}\n"
-    )
-    with open(path, "a") as f:
-        f.write(section)
-    print(f"appended to {path}", file=sys.stderr)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        append_section(
+            "S3 sync: packed shards vs one object per frame",
+            f"Load average {load}; Python {platform.python_version()}. `bench/bench_sync.py`. {setup}\n\n"
+            f"Small (synthetic MARS):\n\n{small_table}\n\nAt scale:\n\n{scale_table}\n\n{reading}",
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pathlib import Path
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from report import append_section  # bench/ is on sys.path when a script runs
 
 from gltr_model import ReIDLoss
 from gltr_platform.train.checkpoint import STATE_FILE, rng_state, save_state
@@ -59,9 +59,6 @@ from gltr_platform.train.loop import (
     train_one_epoch,
 )
 from gltr_platform.train.trainer import run_training
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import append_section  # noqa: E402
 
 
 @dataclass
