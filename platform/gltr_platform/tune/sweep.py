@@ -137,7 +137,7 @@ def run_sweep(
     failed = True
     try:
         results = _tuner(base, space, settings, name, tune_root, experiment_path, parent, storage, resume).fit()
-        _end_stopped_trials(uri, base.run.experiment, parent)
+        _end_trial_runs(uri, base.run.experiment, parent, results, base.train.epochs)
         table = results_table(uri, base.run.experiment, parent, results)
         study = None if settings.search == "grid" else optuna.load_study(study_name=name, storage=storage)
         if study is not None:
@@ -262,13 +262,26 @@ def child_runs(uri: str, experiment: str, parent: str) -> list:
     return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000)
 
 
-def _end_stopped_trials(uri: str, experiment: str, parent: str) -> None:
-    """ASHA stops a trial by ending its process, so its run cannot end itself: end it here."""
+def _end_trial_runs(uri: str, experiment: str, parent: str, results, epochs: int) -> None:
+    """End the runs of trials that Tune stopped without error (ASHA, the time budget) as FINISHED.
+
+    Tune stops a trial by ending its process, so its run cannot end itself: depending on where the stop
+    lands, the run is left RUNNING or marked FAILED by the dying trial. Tune's results say what happened;
+    the run of a trial that really failed ends FAILED.
+    """
     client = MlflowClient(uri)
+    ended_cleanly = {(r.metrics or {}).get("trial_id"): r for r in results if not r.error}
     for run in child_runs(uri, experiment, parent):
-        if run.info.status == "RUNNING":
+        result = ended_cleanly.get(run.data.tags.get("tune.trial_id"))
+        if run.info.status == "FINISHED":
+            continue
+        if result is None:  # the trial failed: never leave its run RUNNING
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "FAILED")
+            continue
+        if result.metrics.get("epoch", epochs) < epochs:
             client.set_tag(run.info.run_id, "tune.stopped_early", "true")
-            client.set_terminated(run.info.run_id, "FINISHED")
+        client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def results_table(uri: str, experiment: str, parent: str, results) -> pd.DataFrame:
