@@ -28,14 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "gltr-demo"
 
 
+def start_s3_endpoint() -> ThreadedMotoServer:
+    """moto's S3 server on 127.0.0.1 and a free port, started: nothing beyond this machine can reach it."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request in the demo's output
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    return server
+
+
 def main() -> int:
     cache = ROOT / ".cache" / "demo"
     cfg = build_config("cpu-demo")
     print("1/3 synthetic MARS-format dataset ...", flush=True)
     raw = ensure_synthetic_mars(cache / "synthetic", synthetic_config(cfg))
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request in the demo's output
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = start_s3_endpoint()
     host, port = server.get_host_and_port()
     env = {
         **os.environ,

@@ -31,16 +31,10 @@ def build_parser() -> Parser:
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
     )
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON too")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def training_config(client, model_uri: str):
@@ -75,18 +69,27 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        import mlflow
-        import torch
         from mlflow.tracking import MlflowClient
 
-        from gltr_platform.data.resolve import open_dataset
-        from gltr_platform.train.datasets import resolve_source
-        from gltr_platform.train.retrieval import CMC_RANKS, retrieval_metrics
         from gltr_platform.train.tracking import check_tracking_store, resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)
         check_tracking_store(uri)
+        store = Path(uri.removeprefix("sqlite:///"))
+        if uri.startswith("sqlite:///") and not store.is_file():  # MLflow would create an empty one
+            raise ValueError(
+                f"--model {args.model}: there is no MLflow store at {store}; pass --tracking-uri (or set "
+                "MLFLOW_TRACKING_URI to) the store the model was registered in"
+            )
         cfg = training_config(MlflowClient(uri), args.model)
+        # The model exists: only now the evaluation's machinery is imported.
+        import mlflow
+        import torch
+
+        from gltr_platform.data.resolve import open_dataset
+        from gltr_platform.train.datasets import resolve_source
+        from gltr_platform.train.retrieval import CMC_RANKS, retrieval_metrics
+
         protocol = args.protocol or cfg.data.protocol
         mode = args.test_mode or cfg.data.test_mode
         data = cfg.model_copy(
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         cache = Path(os.path.expanduser(args.cache_dir)) / "datasets"
         index, source, info = open_dataset(resolve_source(data), cache, protocol=protocol)
-        device = torch.device(args.device)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(args.model, map_location=device).to(device).eval()
         metrics, cmc = retrieval_metrics(

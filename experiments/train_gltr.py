@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gltr_platform.cli import Parser, init_ray, parse_overrides, run_main
+from gltr_platform.cli import Parser, check_cluster_fits, init_ray, parse_overrides, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 
@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> None:
             return 0
         from gltr_platform.train.trainer import run_training
 
-        outcome = run_training(cfg, resume=args.resume, connect=lambda: init_ray(args.ray_address))
+        def connect() -> None:
+            init_ray(args.ray_address)
+            check_cluster_fits(cfg.scaling)
+
+        outcome = run_training(cfg, resume=args.resume, connect=connect)
         m = outcome.metrics
         print(f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}")
         print(

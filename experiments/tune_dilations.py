@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gltr_platform.cli import Parser, init_ray, parse_overrides, run_main
+from gltr_platform.cli import Parser, check_cluster_fits, init_ray, parse_overrides, positive_int, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "search_spaces" / "cpu_demo.yaml"
@@ -48,7 +48,7 @@ def build_parser() -> Parser:
     data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a training setting, e.g. --set optim.lr=0.005 (repeatable)")  # fmt: skip
     budget = p.add_argument_group("budget and scheduling")
-    budget.add_argument("--trials", type=int, default=6, help="number of trials (default: %(default)s)")
+    budget.add_argument("--trials", type=positive_int, default=6, help="number of trials (default: %(default)s)")
     budget.add_argument(
         "--search",
         choices=["tpe", "random", "grid"],
@@ -57,7 +57,7 @@ def build_parser() -> Parser:
     )
     budget.add_argument("--no-early-stopping", action="store_true", help="run every trial to the end (no ASHA)")
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting new trials after this")
-    budget.add_argument("--max-concurrent", type=int, default=2, help="trials at once (default: %(default)s)")
+    budget.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default: %(default)s)")
     budget.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (sets scaling.num_workers)")
     budget.add_argument("--cpus-per-worker", type=float, help="CPUs per training worker (sets scaling.cpus_per_worker)")
     budget.add_argument(
@@ -104,9 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from gltr_platform.tune.report import print_summary
         from gltr_platform.tune.search_space import load_search_space
-        from gltr_platform.tune.sweep import SweepSettings, run_sweep
 
         if args.resume and not args.name:
             raise ConfigError("--resume needs --name, the sweep to continue")
@@ -125,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
             overrides.setdefault("scaling.cpus_per_worker", 0.9)
         base = build_config(args.preset, overrides)
         space = load_search_space(args.space or DEFAULT_SPACE, base)
+        # The inputs are valid: only now the sweep's machinery (Ray, Optuna, MLflow, torch) is imported.
+        from gltr_platform.tune.report import print_summary
+        from gltr_platform.tune.sweep import SweepSettings, run_sweep
+
         settings = SweepSettings(
             name=args.name,
             trials=args.trials,
@@ -139,7 +141,12 @@ def main(argv: list[str] | None = None) -> None:
             search=args.search,
             early_stopping=not args.no_early_stopping,
         )
-        outcome = run_sweep(base, space, settings, resume=args.resume, connect=lambda: init_ray(args.ray_address))
+
+        def connect() -> None:
+            init_ray(args.ray_address)
+            check_cluster_fits(base.scaling)
+
+        outcome = run_sweep(base, space, settings, resume=args.resume, connect=connect)
         print_summary(outcome)
         return 0 if outcome.best is not None else 1
 

@@ -230,3 +230,21 @@ def test_jobs_see_the_provider_region_and_the_mlflow_uri(raw: dict) -> None:
     assert f"AWS_DEFAULT_REGION={region}" in setup
     for key in ("head_setup_commands", "worker_setup_commands"):
         assert any("MLFLOW_TRACKING_URI=" in cmd and ":5000" in cmd for cmd in raw[key]), key
+
+
+def test_nodes_get_aws_access_from_instance_profiles_not_keys(raw: dict) -> None:
+    # Keys in a node's environment reach every job and worker process it runs; a profile's do not.
+    for cmd in all_commands(raw):
+        assert not re.search(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)", cmd), cmd
+
+
+def test_docs_name_every_port_a_firewall_must_close(raw: dict) -> None:
+    docs = (CLUSTER_YAML.parent / "docs" / "cluster.md").read_text()
+    firewall = docs[docs.index("#### Ports a firewall must close") :]
+    for port in SERVICE_PORTS:
+        assert f"| {port} |" in firewall, port
+    object_manager = {re.search(r"--object-manager-port=(\d+)", cmd).group(1) for cmd in ray_start_commands(raw)}
+    assert all(f"| {port} | object manager" in firewall for port in object_manager), object_manager
+    for flag in ("--node-manager-port", "--metrics-export-port", "--min-worker-port", "--dashboard-agent-grpc-port"):
+        assert flag in firewall, flag
+    assert "RAY_AUTH_MODE=token" in firewall

@@ -8,17 +8,24 @@ S3 endpoint, Ray cluster); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from gltr_platform.data.index import DatasetError
 from gltr_platform.errors import ConfigError, ServiceUnavailable, TrackingError
 
+if TYPE_CHECKING:
+    from gltr_platform.train.config import ScalingSection
+
 OK, FAILED, BAD_INPUT, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "alembic", "mlflow.store.db.utils")
+RAY_TOKEN_FILE = Path("~/.ray/auth_token")  # where Ray 2.60 writes the token it generates
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,6 +49,9 @@ def exit_code_for(error: BaseException) -> int:
 def run_main(main: Callable[[], int | None], debug: bool) -> NoReturn:
     """Run `main`, turning errors into one `error: ...` line (a traceback only with --debug)."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    if not debug:  # library chatter ("Found credentials in environment variables.") is not for users
+        for noisy in QUIET_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code = main() or OK
     except BaseException as e:  # noqa: BLE001 - the one place errors become exit codes
@@ -57,16 +67,62 @@ def run_main(main: Callable[[], int | None], debug: bool) -> NoReturn:
 
 
 def init_ray(address: str | None, **kwargs) -> None:
-    """Connect to a running cluster (address or $RAY_ADDRESS), or start a local one when there is none."""
+    """Connect to a running cluster (address or $RAY_ADDRESS), or start a local one when there is none.
+
+    A local instance serves its dashboard on 127.0.0.1 only and keeps Ray's token authentication (on by
+    default in Ray 2.60), with the token file readable by its owner alone.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs.setdefault("dashboard_host", "127.0.0.1")  # ignored when joining a cluster
+    with contextlib.suppress(OSError):  # where Ray writes a new token: private from its creation on
+        RAY_TOKEN_FILE.expanduser().parent.mkdir(mode=0o700, exist_ok=True)
     try:
         ray.init(address=address, log_to_driver=True, **kwargs)
     except ConnectionError as e:
         raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {e}") from None
+    restrict_auth_token()
+
+
+def restrict_auth_token() -> None:
+    """Make our Ray auth token files owner-only: Ray 2.60 writes ~/.ray/auth_token with the default umask."""
+    for name in {os.environ.get("RAY_AUTH_TOKEN_PATH") or str(RAY_TOKEN_FILE), str(RAY_TOKEN_FILE)}:
+        path = Path(name).expanduser()
+        with contextlib.suppress(OSError):  # absent, or not ours to change
+            if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_cluster_fits(scaling: ScalingSection) -> None:
+    """ConfigError when one run's workers need more CPUs or GPUs than the connected Ray cluster has."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        need["GPU"] = scaling.gpus_per_worker
+    for resource, per_worker in need.items():
+        total = scaling.num_workers * per_worker
+        if total > have.get(resource, 0) + 1e-9:
+            raise ConfigError(
+                f"{scaling.num_workers} workers x {per_worker:g} {resource} need {total:g} {resource}s, but the "
+                f"Ray cluster has {have.get(resource, 0):g}: lower --workers (scaling.num_workers) or "
+                f"scaling.{resource.lower()}s_per_worker, or add nodes"
+            )
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -5,8 +5,9 @@
     python -m gltr_platform.data synth DIR [--ids N ...]
     python -m gltr_platform.data info SPEC [--cache DIR]
 
-Errors print one line, `error: ...`, on stderr: exit code 2 for a wrong command line, 1 for a
-dataset that cannot be read or written. `--debug` shows the traceback instead.
+Errors print one line, `error: ...`, on stderr: exit code 2 for a wrong command line, 3 for an S3
+endpoint that cannot be reached, 1 for a dataset that cannot be read or written. `--debug` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gltr_platform.data.manifest import PROTOCOLS
 
 USAGE_ERROR = 2
 DATA_ERROR = 1
+UNREACHABLE = 3  # as gltr_platform.cli: a service could not be reached
 DEFAULT_CACHE = "~/.cache/gltr/datasets"
 # synth's options: short names for SyntheticConfig fields; help comes from the fields' descriptions.
 _SYNTH_FLAGS = {
@@ -163,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
+        from gltr_platform.errors import ServiceUnavailable
+
         code = USAGE_ERROR if isinstance(e, _UsageError) else DATA_ERROR
+        code = UNREACHABLE if isinstance(e, ServiceUnavailable) else code
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:

@@ -55,6 +55,17 @@ class DatasetIndex:
         )
 
 
+def check_query_gallery(index: DatasetIndex) -> None:
+    """DatasetError when no query identity appears in the gallery: the test split could rank nothing."""
+    gallery = {t.pid for t in index.gallery}
+    if index.query and index.gallery and not any(t.pid in gallery for t in index.query):
+        raise DatasetError(
+            f"dataset {index.name!r}: none of its {len({t.pid for t in index.query})} query identities appears "
+            f"in the gallery ({index.protocol} protocol), so no query can be matched: the query/gallery split "
+            "is broken; re-pack the dataset from its raw directory"
+        )
+
+
 class FrameSource(Protocol):
     """Returns the encoded (JPEG) bytes of one frame of a tracklet."""
 

@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from gltr_platform.data.index import DatasetError, DatasetIndex, Tracklet
+from gltr_platform.data.index import DatasetError, DatasetIndex, Tracklet, check_query_gallery
 
 FORMAT = "gltr-packed"
 VERSION = 1
@@ -203,7 +203,9 @@ def build_index(manifest: Manifest, protocol: str) -> DatasetIndex:
         for split in SPLITS
     }
     meta = {**manifest.meta, "version_hash": manifest.version_hash, "packed": True}
-    return DatasetIndex(manifest.dataset, protocol=protocol, meta=meta, **lists)
+    index = DatasetIndex(manifest.dataset, protocol=protocol, meta=meta, **lists)
+    check_query_gallery(index)
+    return index
 
 
 class FrameTable:

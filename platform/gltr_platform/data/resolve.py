@@ -23,7 +23,7 @@ from filelock import FileLock
 from gltr_platform.data import s3
 from gltr_platform.data.index import DatasetError, DatasetIndex, FrameSource
 from gltr_platform.data.manifest import MANIFEST_NAME
-from gltr_platform.data.pack import pack, raw_kind
+from gltr_platform.data.pack import pack, raw_kind, read_raw
 from gltr_platform.data.shard_cache import PackedDataset, sync
 
 ACCEPTED = (
@@ -72,6 +72,8 @@ def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool,
     if raw_kind(root) is None:
         raise DatasetError(f"{spec} is not a dataset directory: expected {ACCEPTED}")
     packed = cache_dir / "raw" / f"{raw_kind(root)}-{listing_key(root)}"
+    if not (packed / MANIFEST_NAME).is_file():
+        read_raw(root)  # a broken raw directory fails here, before anything is created in the cache
     packed.parent.mkdir(parents=True, exist_ok=True)
     # Per-GPU processes on one node: one packs, the others wait and reuse its result.
     with FileLock(packed.with_name(packed.name + ".lock")):

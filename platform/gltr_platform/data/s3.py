@@ -9,9 +9,12 @@ or endpoint at fault and says what to do.
 
 from __future__ import annotations
 
+import logging
+import random
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +25,20 @@ import botocore.exceptions
 import botocore.session
 from boto3.s3.transfer import BaseSubscriber, S3UploadFailedError, TransferConfig, TransferManager
 from botocore.config import Config
+from s3transfer.exceptions import RetriesExceededError
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 from tqdm import tqdm
 
 from gltr_platform.data.index import DatasetError
+from gltr_platform.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+# Attempts per request, botocore's own retries (standard mode: 500, 503 SlowDown, throttling, dropped
+# connections; exponential backoff with jitter). Four ride out a brief outage; a refused connection
+# still fails within a few seconds (backoff up to 1 + 2 + 4 s), a black-holed endpoint within ~15 s.
+MAX_ATTEMPTS = 4
 
 # Concurrent connections per process: S3 serves one connection at roughly 50-100 MB/s, so a node needs
 # a few dozen in flight to fill its network link.
@@ -34,6 +46,10 @@ MAX_CONCURRENCY = 32
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _VALID_FORM = "s3://BUCKET/PREFIX, e.g. s3://my-datasets/mars/v1"
+
+
+class EndpointUnreachable(DatasetError, ServiceUnavailable):
+    """The S3 endpoint cannot be connected to at all (down, wrong URL, no network)."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +97,12 @@ def make_client() -> Any:
     """An S3 client configured from the standard AWS configuration, with bounded retries.
 
     Connection failures must surface within seconds (a wrong endpoint should not hang a training
-    job), so the connect timeout is short and standard-mode retries stop after 3 attempts; reads get
-    a longer timeout because one request may stream a 16 MiB part.
+    job), so the connect timeout is short and standard-mode retries stop after MAX_ATTEMPTS; reads
+    get a longer timeout because one request may stream a 16 MiB part.
     """
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=3,
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=2,
         read_timeout=60,
         max_pool_connections=MAX_CONCURRENCY,
     )
@@ -181,8 +197,9 @@ def s3_errors(uri: S3Uri, what: str, client: Any | None = None) -> Iterator[None
         botocore.exceptions.EndpointConnectionError,
         botocore.exceptions.ConnectTimeoutError,
     ) as e:
-        url = getattr(e, "kwargs", {}).get("endpoint_url", endpoint)
-        raise DatasetError(
+        # botocore's endpoint_url is the whole request URL; the client's endpoint is what to check.
+        url = endpoint if client is not None else getattr(e, "kwargs", {}).get("endpoint_url", endpoint)
+        raise EndpointUnreachable(
             f"cannot reach the S3 endpoint {url} (for {what}): check AWS_ENDPOINT_URL / "
             "AWS_ENDPOINT_URL_S3 or the profile's endpoint_url, and the network"
         ) from e
@@ -195,6 +212,10 @@ def s3_errors(uri: S3Uri, what: str, client: Any | None = None) -> Iterator[None
         if isinstance(cause, botocore.exceptions.ClientError):
             raise _client_error(cause, uri, what, endpoint) from e
         raise DatasetError(f"upload of {what} failed: {e}") from e
+    except RetriesExceededError as e:  # s3transfer's own retries of a download's body
+        raise DatasetError(
+            f"download of {what} from {endpoint} kept failing ({e.last_exception}); try again later"
+        ) from e
     except botocore.exceptions.BotoCoreError as e:
         raise DatasetError(f"S3 request for {what} failed at {endpoint}: {e}") from e
 
@@ -233,6 +254,28 @@ def _client_error(e: botocore.exceptions.ClientError, uri: S3Uri, what: str, end
         )
     message = e.response.get("Error", {}).get("Message") or str(e)
     return DatasetError(f"S3 error {code or 'unknown'} for {what} at {endpoint}: {message}")
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """The body of an object, fetched again (MAX_ATTEMPTS in all) when the connection breaks mid-body.
+
+    botocore retries a request only until its response headers arrive; a connection lost while the
+    body streams surfaces later, from `Body.read()`, and is not retried (s3transfer retries its own
+    downloads for the same reason, on the same errors).
+    """
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            return body.read()
+        except S3_RETRYABLE_DOWNLOAD_ERRORS as e:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            delay = random.random() * 2 ** (attempt - 1)  # botocore's standard backoff
+            log.warning("reading s3://%s/%s broke off (%s); fetching it again in %.1fs", bucket, key, e, delay)
+            time.sleep(delay)
+        finally:
+            body.close()
+    raise AssertionError("unreachable")
 
 
 def check_bucket(client: Any, uri: S3Uri) -> None:

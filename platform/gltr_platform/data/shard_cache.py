@@ -10,11 +10,13 @@ Cache layout::
 
 An entry is valid only with its `.complete` marker, so a crash or failure at any point leaves
 nothing a later call would trust. Shards are downloaded to `<name>.part`, sha256-checked and renamed;
-a later sync resumes, keeping the shards that are already there and check out.
+a later sync resumes, keeping the shards that are already there and check out. A cache directory that
+cannot take the dataset (full, over quota, read-only) fails the sync with a DatasetError naming it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -48,6 +50,9 @@ PART_SUFFIX = ".part"
 _SHARDS_IN_FLIGHT = 2 * s3.MAX_CONCURRENCY
 # Threads checking shards already on disk (hashing: CPU- and disk-bound).
 _CHECKERS = 8
+# How a cache directory refuses data: no space, over quota or the file size limit; or not writable.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class PackedDataset:
@@ -158,7 +163,7 @@ def _get_manifest(uri: str, protocol: str, client: Any) -> tuple[Manifest, bytes
     manifest_uri = loc.child(MANIFEST_NAME)
     with s3.s3_errors(loc, manifest_uri, client):
         try:
-            raw = client.get_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))["Body"].read()
+            raw = s3.get_bytes(client, loc.bucket, loc.key(MANIFEST_NAME))
         except client.exceptions.NoSuchKey:
             raise DatasetError(
                 f"no packed dataset at {loc}: {manifest_uri} does not exist; check the prefix, "
@@ -186,14 +191,37 @@ def sync(
     client = s3.make_client()
     manifest, raw = _get_manifest(uri, protocol, client)
     cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
     entry = cache / manifest.version_hash
-    with _locked(cache / f"{manifest.version_hash}.lock", entry):
-        if verify or not _is_complete(entry, manifest):
-            _fill(entry, manifest, raw, client, loc, progress)
-        else:
-            log.info("using cached %s (%s) at %s", manifest.dataset, manifest.version_hash, entry)
+    with _cache_errors(cache, manifest):
+        cache.mkdir(parents=True, exist_ok=True)
+        with _locked(cache / f"{manifest.version_hash}.lock", entry):
+            if verify or not _is_complete(entry, manifest):
+                _fill(entry, manifest, raw, client, loc, progress)
+            else:
+                log.info("using cached %s (%s) at %s", manifest.dataset, manifest.version_hash, entry)
     return PackedDataset(entry, manifest, protocol)
+
+
+@contextmanager
+def _cache_errors(cache: Path, manifest: Manifest) -> Iterator[None]:
+    """Turn a cache directory that cannot take the dataset into a DatasetError saying what to do."""
+    try:
+        yield
+    except OSError as e:
+        where = f"the dataset cache {cache}"
+        detail = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        if e.errno in _NO_ROOM:
+            raise DatasetError(
+                f"{where} has no room for {manifest.dataset} ({detail}): it needs "
+                f"{manifest.total_bytes / 2**20:.1f} MiB; free space there or point --cache / data.cache_dir "
+                "at a larger disk, then sync again (shards already verified are kept)"
+            ) from e
+        if e.errno in _NOT_WRITABLE:
+            raise DatasetError(
+                f"cannot write to {where} ({detail}): make it writable or point "
+                "--cache / data.cache_dir at a writable directory"
+            ) from e
+        raise
 
 
 @contextmanager
@@ -306,13 +334,18 @@ def _shard_problem(path: Path, shard: ShardInfo, check_hash: bool = True) -> str
 
 
 def _remove_partial(entry: Path) -> None:
-    """Delete unfinished downloads: ours (`.part`) and the transfer manager's (`.part.<random>`)."""
-    for part in entry.rglob(f"*{PART_SUFFIX}*"):
+    """Delete unfinished files: downloads, ours (`.part`) and the transfer manager's (`.part.<random>`),
+    and `_write_atomic`'s temporaries."""
+    for part in [*entry.rglob(f"*{PART_SUFFIX}*"), *entry.glob("*.tmp-*")]:
         part.unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary name in the same directory and a rename."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves a truncated temporary otherwise
+        raise

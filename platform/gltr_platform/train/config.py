@@ -129,9 +129,6 @@ class TrainLoopConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, off on CPU")
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
-    fail_once_at_epoch: int | None = Field(
-        None, description="fault injection for tests: raise once in rank 0 at this epoch"
-    )
 
     @field_validator("amp", "channels_last", mode="before")
     @classmethod

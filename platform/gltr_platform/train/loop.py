@@ -2,17 +2,16 @@
 
 Every worker runs `train_loop_per_worker(config)`. Rank r draws its own PK batches, DDP averages the
 gradients, and every epoch all ranks call `ray.train.report` (rank 0 attaches the checkpoint). On a
-restart after a failure the loop resumes from `ray.train.get_checkpoint()` at the next epoch.
+restart after a failure the loop resumes from `ray.train.get_checkpoint()` at the next epoch, or, when
+that checkpoint is damaged, from the newest earlier one in the run's storage that loads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -25,10 +24,13 @@ from gltr_platform.data.index import DatasetIndex, FrameSource, Tracklet, carve_
 from gltr_platform.data.loaders import build_train_loader
 from gltr_platform.data.transforms import build_train_transform, normalize_clip
 from gltr_platform.train.checkpoint import (
+    epoch_dir_name,
+    load_resumable_state,
     load_state,
     rng_state,
     save_state,
     set_rng_state,
+    stored_checkpoints,
     upload_with_retries,
 )
 from gltr_platform.train.config import TrainConfig
@@ -149,11 +151,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     criterion = ReIDLoss(cfg.optim.label_smoothing, cfg.optim.triplet_weight, cfg.optim.triplet_margin)
     loader = build_loader(cfg, splits, rank, world)
 
-    start_epoch, best_val = 1, 0.0
+    start_epoch, best_val, taken = 1, 0.0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = load_state(directory)
+        state = _resume_state(checkpoint, rank)
+        taken = stored_checkpoints(checkpoint) if rank == 0 else []
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -171,7 +173,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "device": device,
     }
     for epoch in range(start_epoch, cfg.train.epochs + 1):
-        _maybe_inject_failure(cfg, epoch, rank)
         loader.sampler.set_epoch(epoch)
         metrics = train_one_epoch(forward, loader, criterion, optimizer, scaler, dtype, device)
         metrics["lr"] = scheduler.get_last_lr()[0]
@@ -222,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(
                 metrics,
                 checkpoint=report_checkpoint,
-                checkpoint_dir_name=f"epoch-{epoch:04d}",
+                checkpoint_dir_name=epoch_dir_name(epoch, taken),
                 checkpoint_upload_fn=upload_with_retries,
             )
 
@@ -280,21 +281,32 @@ def _sync_buffers(model: nn.Module) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+def _resume_state(checkpoint: ray.train.Checkpoint, rank: int) -> dict[str, Any]:
+    """The state to resume from: rank 0 picks it (falling back past a damaged checkpoint), every rank loads it.
+
+    Deciding once keeps the replicas identical even if storage answers the ranks differently.
+    """
+    if rank == 0:
+        state, chosen = load_resumable_state(checkpoint)
+        _broadcast(chosen.path)
+        return state
+    path = _broadcast(None)
+    with ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as directory:
+        return load_state(directory)
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not torch.distributed.is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _gather(obj: Any) -> list[Any]:
     if not torch.distributed.is_initialized():
         return [obj]
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
-
-
-def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
-    """Fault injection for tests: rank 0 raises once at `train.fail_once_at_epoch` (a marker file)."""
-    if cfg.train.fail_once_at_epoch != epoch or rank != 0:
-        return
-    marker = Path(os.path.expanduser(cfg.data.cache_dir)) / "injected-failures" / f"{cfg.run.name}-{epoch}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    raise RuntimeError(f"injected failure at epoch {epoch} (train.fail_once_at_epoch)")

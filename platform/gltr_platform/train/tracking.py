@@ -4,6 +4,14 @@ Per-epoch metrics reach MLflow through `EpochMetricsLogger`, a Ray Train callbac
 sees rank 0's metrics after Ray has registered the epoch's checkpoint. After a worker failure Ray resumes
 from a registered checkpoint, so an epoch is logged once even when it is trained twice; a guard on the
 last logged step keeps the series contiguous even if Ray resumes from an older checkpoint.
+
+A tracking server that restarts mid-run loses nothing: every call here goes through MLflow's HTTP client,
+which retries refused, dropped and 5xx requests of every method 7 times with exponential backoff (0, 4, 8,
+... 120 s: about 4 minutes; MLFLOW_HTTP_REQUEST_MAX_RETRIES / _BACKOFF_FACTOR / _TIMEOUT change it). The
+defaults hold in every process that logs (the driver, Tune trials, Ray Train controllers), so nothing needs
+to travel to the Ray workers; a setting in the driver's environment reaches them when it starts a local
+Ray, and on a cluster belongs in the nodes' environment. tests/gltr_platform/tune/test_tracking_restart.py
+restarts the server during a sweep.
 """
 
 from __future__ import annotations

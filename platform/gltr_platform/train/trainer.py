@@ -25,7 +25,7 @@ import gltr_model
 from gltr_platform.data import s3
 from gltr_platform.data.manifest import build_index
 from gltr_platform.data.shard_cache import fetch_manifest
-from gltr_platform.train.checkpoint import load_state
+from gltr_platform.train.checkpoint import CheckpointError, load_state
 from gltr_platform.train.config import TrainConfig
 from gltr_platform.train.datasets import open_training_data
 from gltr_platform.train.loop import CHECKPOINT_SCORE, build_model, train_loop_per_worker
@@ -138,7 +138,13 @@ def run_training(
     failed = True
     try:
         trainer = build_trainer(cfg, storage, [EpochMetricsLogger(uri, run_id), *(callbacks or [])])
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.WorkerGroupError as e:
+            damaged = _checkpoint_error(e)
+            if damaged is None:
+                raise
+            raise damaged from e
         if result.error:
             raise result.error
         outcome = TrainingOutcome(
@@ -211,6 +217,15 @@ def load_trained_model(checkpoint: ray.train.Checkpoint) -> tuple[torch.nn.Modul
     )
     model.load_state_dict(state["model"])
     return model.eval(), cfg
+
+
+def _checkpoint_error(error: ray.train.WorkerGroupError) -> CheckpointError | None:
+    """The CheckpointError behind a failed worker group, if that is why it failed.
+
+    Ray's own message keeps a truncated traceback snippet, which can cut off the storage path and
+    the advice; a run that cannot resume should say those in full.
+    """
+    return next((e for e in error.worker_failures.values() if isinstance(e, CheckpointError)), None)
 
 
 def _log_results(uri: str, run_id: str, cfg: TrainConfig, outcome: TrainingOutcome, result, log_model: bool) -> None:

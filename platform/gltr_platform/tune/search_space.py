@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from ray import tune
 
 from gltr_platform.train.config import ConfigError, TrainConfig, validate_config
 
@@ -56,6 +55,8 @@ class SearchSpace(BaseModel):
 
     def tune_space(self) -> dict[str, Any]:
         """The Ray Tune param_space (categorical for pyramids, T and width)."""
+        from ray import tune  # here, so a command line is checked before Ray is imported
+
         space: dict[str, Any] = {
             "dilations": tune.choice([",".join(map(str, d)) for d in self.dilations]),
             "seq_len": tune.choice(self.seq_len),
@@ -98,13 +99,20 @@ def load_search_space(path: str | Path, base: TrainConfig) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {'; '.join(_problem(err) for err in e.errors())}") from None
     for combo in space.grid():
         try:
             trial_config(base, combo)
         except ConfigError as e:
             raise ConfigError(f"{where}: combination {combo} is invalid: {e}") from None
     return space
+
+
+def _problem(err: dict[str, Any]) -> str:
+    """One pydantic error as `key: what is wrong`, naming the valid keys for an unknown one."""
+    key = ".".join(map(str, err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {key!r} (valid keys: {', '.join(SearchSpace.model_fields)})"
+    if not key:  # the file is not a mapping
+        return f"expected a mapping of keys {', '.join(SearchSpace.model_fields)}, got {type(err['input']).__name__}"
+    return f"{key}: {err['msg'].removeprefix('Value error, ')}"

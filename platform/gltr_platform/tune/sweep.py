@@ -25,6 +25,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
+from ray.tune.execution import class_cache
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -43,6 +44,7 @@ from gltr_platform.tune.search_space import SearchSpace, trial_config
 
 SWEEP_TAG = "gltr.sweep_name"
 METRIC = "best_val_mAP"
+AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 class SweepSettings(BaseModel):
@@ -136,6 +138,7 @@ def run_sweep(
     parent = _parent_run(uri, base, space, settings, name, data_tags, study_url, resume)
     failed = True
     try:
+        _keep_credentials_out_of_trial_runtime_envs()
         results = _tuner(base, space, settings, name, tune_root, experiment_path, parent, storage, resume).fit()
         _end_trial_runs(uri, base.run.experiment, parent, results, base.train.epochs)
         table = results_table(uri, base.run.experiment, parent, results)
@@ -159,6 +162,17 @@ def run_sweep(
         )
     finally:
         end_run(uri, parent, failed)
+
+
+def _keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Stop Tune from copying the driver's AWS keys into every trial actor's runtime_env.
+
+    Ray writes runtime envs into runtime_env_agent.log on every node and serves them to `ray list actors
+    --detail` and the dashboard, so keys copied there leak. Trials take their credentials from their node
+    instead, like every other Ray process: the instance profile on a cluster, the environment the local
+    Ray inherited from this driver, or ~/.aws.
+    """
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(AWS_CREDENTIAL_VARS)
 
 
 def _default_study_url(tune_root: str, name: str) -> str:

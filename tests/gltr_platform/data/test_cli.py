@@ -144,7 +144,7 @@ def test_an_unreachable_endpoint_is_one_line_and_debug_shows_the_traceback(capsy
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
 
     code, _, err = run_main(capsys, "sync", "s3://bucket/mars", "--cache", tmp_path)
-    assert_one_line_error(code, err, 1, f"cannot reach the S3 endpoint {endpoint}")
+    assert_one_line_error(code, err, 3, f"cannot reach the S3 endpoint {endpoint}")
     debug = cli("--debug", "sync", "s3://bucket/mars", "--cache", tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
-    assert "DatasetError: cannot reach the S3 endpoint" in debug.stderr
+    assert "EndpointUnreachable: cannot reach the S3 endpoint" in debug.stderr

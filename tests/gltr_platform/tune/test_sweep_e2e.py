@@ -83,6 +83,7 @@ def sweep(tmp_path_factory):
         sweep_command(base, "--resume"), cwd=base, env=env, capture_output=True, text=True, timeout=900,
         start_new_session=True,
     )  # fmt: skip
+    (base / "resumed.log").write_text(resumed.stdout + resumed.stderr)  # kept for a failing test's reader
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     return base, client, resumed.stdout
 
@@ -107,7 +108,7 @@ def test_optuna_tune_and_mlflow_agree_on_the_trials_after_resume(sweep):
     base, client, _ = sweep
     parents, children = sweep_runs(client)
     assert len(parents) == 1
-    assert len(children) == TRIALS  # nothing duplicated by the restart
+    assert len(children) == TRIALS, f"{[r.info.run_name for r in children]}, see {base}/*.log"  # none duplicated
     assert len({r.info.run_name for r in children}) == TRIALS
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in [*parents, *children])  # none left RUNNING
