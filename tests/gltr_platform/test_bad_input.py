@@ -48,7 +48,6 @@ COMMANDS = {
     "evaluate": [str(REPO / "experiments" / "evaluate.py")],
     "data": ["-m", "gltr_platform.data"],
 }
-DATA_ERROR = 1  # `python -m gltr_platform.data`: a dataset that cannot be read
 LIMIT_S = 120  # stop a case that hangs; far above the ~1-40 s a case takes on 2 busy cores
 BUCKET = "gltr-bad-input"
 # Ray's own log lines while it starts (e.g. "... INFO worker.py:2029 -- Started a local Ray instance.")
@@ -234,28 +233,28 @@ BAD_INPUT_CASES = {
     "evaluate-without-data": Case("evaluate", (), says="--data"),
     # python -m gltr_platform.data
     "data-corrupt-mat": Case(
-        "data", ("pack", "{inputs}/mars", "{inputs}/out"), DATA_ERROR, "tracks_test_info.mat", setup=corrupt_mat
+        "data", ("pack", "{inputs}/mars", "{inputs}/out"), BAD_INPUT, "tracks_test_info.mat", setup=corrupt_mat
     ),
     "data-mat-of-wrong-shape": Case(
-        "data", ("pack", "{inputs}/mars", "{inputs}/out"), DATA_ERROR, "N x 4", setup=mat_without_rows
+        "data", ("pack", "{inputs}/mars", "{inputs}/out"), BAD_INPUT, "N x 4", setup=mat_without_rows
     ),
     "data-no-identities": Case(
         "data",
         ("pack", "{inputs}/dukev", "{inputs}/out"),
-        DATA_ERROR,
+        BAD_INPUT,
         "holds no tracklets",
         setup=dukev_without_identities,
     ),  # fmt: skip
     "data-manifest-of-another-version": Case(
         "data",
         ("info", "{inputs}/packed"),
-        DATA_ERROR,
+        BAD_INPUT,
         "manifest version 2",
         files={"packed/manifest.json": MANIFEST_V2},
     ),  # fmt: skip
-    "data-malformed-s3-uri": Case("data", ("sync", "s3://Bad_Bucket/mars"), DATA_ERROR, "invalid bucket name"),
+    "data-malformed-s3-uri": Case("data", ("sync", "s3://Bad_Bucket/mars"), BAD_INPUT, "invalid bucket name"),
     "data-s3-bucket-missing": Case(
-        "data", ("sync", "s3://no-such-bucket/mars"), DATA_ERROR, "'no-such-bucket' does not exist", env=S3_ENV
+        "data", ("sync", "s3://no-such-bucket/mars"), BAD_INPUT, "'no-such-bucket' does not exist", env=S3_ENV
     ),
 }
 PRINT_CONFIG = (

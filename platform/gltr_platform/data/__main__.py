@@ -5,9 +5,10 @@
     python -m gltr_platform.data synth DIR [--ids N ...]
     python -m gltr_platform.data info SPEC [--cache DIR]
 
-Errors print one line, `error: ...`, on stderr: exit code 2 for a wrong command line, 3 for an S3
-endpoint that cannot be reached, 1 for a dataset that cannot be read or written. `--debug` shows the
-traceback instead.
+Errors print one line, `error: ...`, on stderr, with the exit codes of every entry point (see
+gltr_platform/cli.py): 2 for bad input (command line, a dataset that cannot be read or written where it
+was pointed), 3 for an S3 endpoint that cannot be reached, 1 for anything else that failed. `--debug`
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from typing import NoReturn
 from gltr_platform.data.index import DatasetError
 from gltr_platform.data.manifest import PROTOCOLS
 
-USAGE_ERROR = 2
-DATA_ERROR = 1
-UNREACHABLE = 3  # as gltr_platform.cli: a service could not be reached
+USAGE_ERROR = 2  # gltr_platform.cli.BAD_INPUT, without importing it for --help
 DEFAULT_CACHE = "~/.cache/gltr/datasets"
 # synth's options: short names for SyntheticConfig fields; help comes from the fields' descriptions.
 _SYNTH_FLAGS = {
@@ -165,10 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        from gltr_platform.errors import ServiceUnavailable
+        from gltr_platform.cli import exit_code_for
 
-        code = USAGE_ERROR if isinstance(e, _UsageError) else DATA_ERROR
-        code = UNREACHABLE if isinstance(e, ServiceUnavailable) else code
+        code = USAGE_ERROR if isinstance(e, _UsageError) else exit_code_for(e)
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:

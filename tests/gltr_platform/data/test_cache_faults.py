@@ -21,6 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from gltr_platform.cli import BAD_INPUT
 from gltr_platform.data.manifest import MANIFEST_NAME, parse_manifest
 from gltr_platform.data.pack import pack
 from gltr_platform.data.shard_cache import COMPLETE_MARKER, PackedDataset, _is_complete, sync
@@ -138,7 +139,7 @@ def test_a_read_only_cache_fails_with_one_line_naming_it_and_writes_nothing(pack
     result = cli_sync(packed_uri, cache)
 
     print(f"read-only cache ({how}): exit {result.returncode}: {error_line(result)}")
-    assert result.returncode == 1
+    assert result.returncode == BAD_INPUT
     assert error_line(result).startswith(f"error: cannot write to the dataset cache {cache} (")
     assert "make it writable or point --cache / data.cache_dir at a writable directory" in error_line(result)
     assert list(cache.iterdir()) == []
@@ -149,7 +150,7 @@ def test_a_read_only_parent_of_a_new_cache_directory_is_named_too(packed_uri, re
 
     result = cli_sync(packed_uri, cache)
 
-    assert result.returncode == 1
+    assert result.returncode == BAD_INPUT
     assert error_line(result).startswith(f"error: cannot write to the dataset cache {cache} (")
 
 
@@ -172,7 +173,7 @@ def test_a_disk_that_fills_up_mid_sync_fails_clearly_and_a_later_sync_completes(
         result = cli_sync(packed_uri, cache)
 
     print(f"disk full ({mechanism}): exit {result.returncode}: {error_line(result)}")
-    assert result.returncode == 1
+    assert result.returncode == BAD_INPUT
     assert error_line(result).startswith(f"error: the dataset cache {cache} has no room for mars (")
     assert "free space there or point --cache / data.cache_dir at a larger disk" in error_line(result)
     entry = cache / manifest.version_hash

@@ -119,10 +119,10 @@ def test_every_usage_error_exits_2_with_one_line(capsys, args, text):
     assert_one_line_error(code, err, 2, text)
 
 
-def test_a_data_error_exits_1_with_one_line(tmp_path):
+def test_a_bad_dataset_spec_exits_2_with_one_line(tmp_path):
     result = cli("sync", "bucket/mars", "--cache", tmp_path)
 
-    assert_one_line_error(result.returncode, result.stderr, 1, "is not an S3 URI")
+    assert_one_line_error(result.returncode, result.stderr, 2, "is not an S3 URI")
 
 
 @pytest.mark.parametrize(
@@ -133,10 +133,10 @@ def test_a_data_error_exits_1_with_one_line(tmp_path):
         (("pack", "{tmp}", "{tmp}/out"), "is not a raw dataset directory"),
     ],
 )
-def test_every_data_error_exits_1_with_one_line(capsys, s3_env, tmp_path, args, text):
+def test_every_bad_dataset_exits_2_with_one_line(capsys, s3_env, tmp_path, args, text):
     code, _, err = run_main(capsys, *(a.format(tmp=tmp_path) for a in args))
 
-    assert_one_line_error(code, err, 1, text)
+    assert_one_line_error(code, err, 2, text)
 
 
 def test_an_unreachable_endpoint_is_one_line_and_debug_shows_the_traceback(capsys, s3_env, monkeypatch, tmp_path):
