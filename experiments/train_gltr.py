@@ -85,10 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        from gltr_platform.train.datasets import check_source
+
         cfg = config_from_args(args)
         if args.print_config:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             return 0
+        check_source(cfg)
         from gltr_platform.train.trainer import run_training
 
         def connect() -> None:

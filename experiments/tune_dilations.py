@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        from gltr_platform.train.datasets import check_source
         from gltr_platform.tune.search_space import load_search_space
 
         if args.resume and not args.name:
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             overrides.setdefault("scaling.cpus_per_worker", 0.9)
         base = build_config(args.preset, overrides)
         space = load_search_space(args.space or DEFAULT_SPACE, base)
+        check_source(base)
         # The inputs are valid: only now the sweep's machinery (Ray, Optuna, MLflow, torch) is imported.
         from gltr_platform.tune.report import print_summary
         from gltr_platform.tune.sweep import SweepSettings, run_sweep

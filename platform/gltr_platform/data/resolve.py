@@ -52,6 +52,21 @@ def open_dataset(
     return dataset.index, dataset, info
 
 
+def check_spec(spec: str | Path) -> None:
+    """DatasetError unless `spec` could name a dataset: a well-formed s3:// URI, or a packed or raw directory.
+
+    Cheap (no network, no torch): entry points call it before they start anything.
+    """
+    if s3.is_s3_uri(str(spec)):
+        s3.parse_s3_uri(str(spec))
+        return
+    root = Path(spec)
+    if not root.is_dir():
+        raise DatasetError(f"{spec} is not a directory or an S3 URI: expected {ACCEPTED}")
+    if not (root / MANIFEST_NAME).is_file() and raw_kind(root) is None:
+        raise DatasetError(f"{spec} is not a dataset directory: expected {ACCEPTED}")
+
+
 def _kind(spec: str | Path) -> str:
     """ "s3", "packed", "mars" or "dukev"."""
     if s3.is_s3_uri(str(spec)):
@@ -62,15 +77,12 @@ def _kind(spec: str | Path) -> str:
 
 def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool, progress: bool) -> PackedDataset:
     """The packed dataset behind `spec`, synced or packed into `cache_dir` when needed."""
+    check_spec(spec)
     if s3.is_s3_uri(str(spec)):
         return sync(str(spec), cache_dir, protocol=protocol, verify=verify, progress=progress)
     root = Path(spec)
-    if not root.is_dir():
-        raise DatasetError(f"{spec} is not a directory or an S3 URI: expected {ACCEPTED}")
     if (root / MANIFEST_NAME).is_file():
         return PackedDataset.open(root, protocol, verify=verify)
-    if raw_kind(root) is None:
-        raise DatasetError(f"{spec} is not a dataset directory: expected {ACCEPTED}")
     packed = cache_dir / "raw" / f"{raw_kind(root)}-{listing_key(root)}"
     if not (packed / MANIFEST_NAME).is_file():
         read_raw(root)  # a broken raw directory fails here, before anything is created in the cache

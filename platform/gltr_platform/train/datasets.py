@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gltr_platform.data.index import DatasetIndex, FrameSource
-from gltr_platform.data.resolve import open_dataset
+from gltr_platform.data.resolve import check_spec, open_dataset
 from gltr_platform.data.synthetic import SyntheticConfig, ensure_synthetic_mars
 from gltr_platform.train.config import TrainConfig
 
@@ -35,6 +35,12 @@ def resolve_source(cfg: TrainConfig) -> str:
         cache = Path(os.path.expanduser(cfg.data.cache_dir))
         return str(ensure_synthetic_mars(cache / "synthetic", synthetic_config(cfg)))
     return cfg.data.source
+
+
+def check_source(cfg: TrainConfig) -> None:
+    """DatasetError now, before Ray or torch start, when `data.source` cannot name a dataset."""
+    if cfg.data.source != SYNTHETIC:
+        check_spec(cfg.data.source)
 
 
 def open_training_data(cfg: TrainConfig, progress: bool = False) -> tuple[DatasetIndex, FrameSource, dict[str, Any]]:
