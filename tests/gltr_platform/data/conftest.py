@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import boto3
 import pytest
 
+from gltr_platform.data.manifest import MANIFEST_NAME
+from gltr_platform.data.pack import pack
 from gltr_platform.data.synthetic import SyntheticConfig, generate_synthetic_mars
 
 # The repository is cloned with the shared data folder beside it (../shared).
@@ -29,6 +32,26 @@ TINY_MARS = SyntheticConfig(
 def synthetic_mars_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic MARS (8 train ids, 6 test ids, 3 cameras, 4-12 frames of 64x32), read-only."""
     return generate_synthetic_mars(tmp_path_factory.mktemp("synthetic-mars") / "mars", TINY_MARS)
+
+
+SHARD = 256 * 1024  # about 5 shards of the tiny dataset
+
+
+@pytest.fixture(scope="module")
+def packed_dir(synthetic_mars_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic MARS packed in SHARD-sized shards: the bytes S3 must deliver intact."""
+    dest = tmp_path_factory.mktemp("packed") / "mars"
+    pack(synthetic_mars_root, dest, shard_size_bytes=SHARD, progress=False)
+    return dest
+
+
+@pytest.fixture
+def packed_uri(packed_dir: Path, s3_bucket: str) -> str:
+    """The packed tiny MARS in a fresh bucket, uploaded straight to the server (each test may damage its copy)."""
+    client = boto3.session.Session().client("s3")
+    for path in sorted(packed_dir.rglob("*.bin")) + [packed_dir / MANIFEST_NAME]:
+        client.upload_file(str(path), s3_bucket, f"mars/v1/{path.relative_to(packed_dir).as_posix()}")
+    return f"s3://{s3_bucket}/mars/v1"
 
 
 @pytest.fixture(scope="session")

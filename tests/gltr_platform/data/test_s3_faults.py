@@ -19,36 +19,16 @@ from pathlib import Path
 import boto3
 import pytest
 
-from gltr_platform.data.manifest import MANIFEST_NAME
-from gltr_platform.data.pack import pack
 from gltr_platform.data.s3 import MAX_ATTEMPTS, EndpointUnreachable
 from gltr_platform.data.shard_cache import COMPLETE_MARKER, PackedDataset, sync
 from gltr_platform.errors import ServiceUnavailable
 
-SHARD = 256 * 1024  # about 5 shards of the tiny dataset
 ALL_FAULTS = ("drop response", "500 InternalError", "503 SlowDown", "drop request")
 UNREACHABLE = 3  # gltr_platform.cli: a service could not be reached
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def packed_dir(synthetic_mars_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny synthetic MARS, packed once for this module: the bytes S3 must deliver intact."""
-    dest = tmp_path_factory.mktemp("packed") / "mars"
-    pack(synthetic_mars_root, dest, shard_size_bytes=SHARD, progress=False)
-    return dest
-
-
-@pytest.fixture
-def packed_uri(packed_dir: Path, s3_bucket: str) -> str:
-    """The packed tiny MARS in a fresh bucket, uploaded straight to the server (no proxy yet)."""
-    client = boto3.session.Session().client("s3")
-    for path in sorted(packed_dir.rglob("*.bin")) + [packed_dir / MANIFEST_NAME]:
-        client.upload_file(str(path), s3_bucket, f"mars/v1/{path.relative_to(packed_dir).as_posix()}")
-    return f"s3://{s3_bucket}/mars/v1"
 
 
 def files_by_sha256(root: Path) -> dict[str, str]:

@@ -17,27 +17,7 @@ from gltr_platform.data import s3
 from gltr_platform.data.index import DatasetError
 from gltr_platform.data.manifest import MANIFEST_NAME, parse_manifest
 from gltr_platform.data.mars import read_mars
-from gltr_platform.data.pack import pack
 from gltr_platform.data.shard_cache import COMPLETE_MARKER, PackedDataset, sync
-
-SHARD = 256 * 1024  # about 5 shards of the tiny dataset
-
-
-@pytest.fixture(scope="module")
-def packed_dir(synthetic_mars_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny synthetic MARS, packed once for this module."""
-    dest = tmp_path_factory.mktemp("packed") / "mars"
-    pack(synthetic_mars_root, dest, shard_size_bytes=SHARD, progress=False)
-    return dest
-
-
-@pytest.fixture
-def packed_uri(packed_dir: Path, s3_bucket: str) -> str:
-    """The packed tiny MARS in a fresh bucket (each test may damage its own copy)."""
-    client = boto3.session.Session().client("s3")
-    for path in sorted(packed_dir.rglob("*.bin")) + [packed_dir / MANIFEST_NAME]:
-        client.upload_file(str(path), s3_bucket, f"mars/v1/{path.relative_to(packed_dir).as_posix()}")
-    return f"s3://{s3_bucket}/mars/v1"
 
 
 def shard_gets(log, name: str = "") -> int:
