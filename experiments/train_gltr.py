@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         from gltr_platform.train.trainer import run_training
 
         def connect() -> None:
-            init_ray(args.ray_address)
-            check_cluster_fits(cfg.scaling)
+            if init_ray(args.ray_address):  # a cluster joined by address may autoscale
+                check_cluster_fits(cfg.scaling)
 
         outcome = run_training(cfg, resume=args.resume, connect=connect)
         m = outcome.metrics

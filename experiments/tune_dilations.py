@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         )
 
         def connect() -> None:
-            init_ray(args.ray_address)
-            check_cluster_fits(base.scaling)
+            if init_ray(args.ray_address):  # a cluster joined by address may autoscale
+                check_cluster_fits(base.scaling)
 
         outcome = run_sweep(base, space, settings, resume=args.resume, connect=connect)
         print_summary(outcome)

@@ -66,8 +66,10 @@ def run_main(main: Callable[[], int | None], debug: bool) -> NoReturn:
     sys.exit(code)
 
 
-def init_ray(address: str | None, **kwargs) -> None:
+def init_ray(address: str | None, **kwargs) -> bool:
     """Connect to a running cluster (address or $RAY_ADDRESS), or start a local one when there is none.
+
+    True when it started a local instance (whose resources are all there will ever be).
 
     A local instance serves its dashboard on 127.0.0.1 only and keeps Ray's token authentication (on by
     default in Ray 2.60), with the token file readable by its owner alone.
@@ -75,7 +77,7 @@ def init_ray(address: str | None, **kwargs) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs.setdefault("dashboard_host", "127.0.0.1")  # ignored when joining a cluster
     with contextlib.suppress(OSError):  # where Ray writes a new token: private from its creation on
@@ -85,6 +87,10 @@ def init_ray(address: str | None, **kwargs) -> None:
     except ConnectionError as e:
         raise ServiceUnavailable(f"cannot connect to the Ray cluster at {address}: {e}") from None
     restrict_auth_token()
+    # Without an address ray.init also joins a cluster already running on this machine (`ray start`):
+    # only a head node this process started itself is a local instance.
+    node = ray._private.worker._global_node
+    return node is not None and node.head
 
 
 def restrict_auth_token() -> None:
@@ -108,7 +114,11 @@ def positive_int(text: str) -> int:
 
 
 def check_cluster_fits(scaling: ScalingSection) -> None:
-    """ConfigError when one run's workers need more CPUs or GPUs than the connected Ray cluster has."""
+    """ConfigError when one run's workers need more CPUs or GPUs than the connected Ray instance has.
+
+    For a local instance only: a cluster joined by address may add nodes on demand (GPU nodes with
+    min_workers 0 are not up when a job is submitted), and Ray Train checks against its autoscaler.
+    """
     import ray
 
     have = ray.cluster_resources()
