@@ -84,13 +84,13 @@ def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool,
     if (root / MANIFEST_NAME).is_file():
         return PackedDataset.open(root, protocol, verify=verify)
     packed = cache_dir / "raw" / f"{raw_kind(root)}-{listing_key(root)}"
-    if not (packed / MANIFEST_NAME).is_file():
-        read_raw(root)  # a broken raw directory fails here, before anything is created in the cache
+    # Indexed before anything is created in the cache, so a broken raw directory leaves nothing there.
+    index = None if (packed / MANIFEST_NAME).is_file() else read_raw(root)
     packed.parent.mkdir(parents=True, exist_ok=True)
     # Per-GPU processes on one node: one packs, the others wait and reuse its result.
     with FileLock(packed.with_name(packed.name + ".lock")):
         if not (packed / MANIFEST_NAME).is_file():  # pack() renames a complete directory into place
-            pack(root, packed, progress=progress)
+            pack(index or read_raw(root), packed, progress=progress)
     return PackedDataset.open(packed, protocol, verify=verify)
 
 
