@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test test-slow test-all lint format bench demo clean
+.PHONY: env test test-slow test-cluster test-all lint format bench demo clean
 
 # Install uv if missing (pip is all a fresh machine has), then create the locked environment.
 .venv/.synced: pyproject.toml uv.lock
@@ -18,11 +18,15 @@ env: .venv/.synced
 
 # `make test`: everything but the long end-to-end scenarios (about 10 minutes on 2 cores).
 test: env
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # The long end-to-end scenarios (sweeps through the CLI, job submission, browser checks); CI runs them too.
 test-slow: env
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not cluster" $(PYTEST_ARGS)
+
+# Multi-host scenarios: hosts as network namespaces with their own disks, joined into one Ray cluster (root).
+test-cluster: env
+	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 test-all: env
 	$(PY) -m pytest $(PYTEST_ARGS)

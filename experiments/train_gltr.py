@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gltr_platform.cli import Parser, check_cluster_fits, init_ray, parse_overrides, run_main
+from gltr_platform.cli import Parser, connect_ray, parse_overrides, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 
@@ -92,11 +92,10 @@ def main(argv: list[str] | None = None) -> None:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             return 0
         check_source(cfg)
-        from gltr_platform.train.trainer import run_training
+        from gltr_platform.train.trainer import run_training, storage_path
 
         def connect() -> None:
-            if init_ray(args.ray_address):  # a cluster joined by address may autoscale
-                check_cluster_fits(cfg.scaling)
+            connect_ray(args.ray_address, cfg.scaling, cfg.run.tracking_uri, storage_path(cfg))
 
         outcome = run_training(cfg, resume=args.resume, connect=connect)
         m = outcome.metrics

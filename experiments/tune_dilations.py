@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gltr_platform.cli import Parser, check_cluster_fits, init_ray, parse_overrides, positive_int, run_main
+from gltr_platform.cli import Parser, connect_ray, parse_overrides, positive_int, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "search_spaces" / "cpu_demo.yaml"
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
         def connect() -> None:
-            if init_ray(args.ray_address):  # a cluster joined by address may autoscale
-                check_cluster_fits(base.scaling)
+            connect_ray(args.ray_address, base.scaling, base.run.tracking_uri, settings.storage_path)
 
         outcome = run_sweep(base, space, settings, resume=args.resume, connect=connect)
         print_summary(outcome)

@@ -93,6 +93,21 @@ def init_ray(address: str | None, **kwargs) -> bool:
     return node is not None and node.head
 
 
+def connect_ray(address: str | None, scaling: ScalingSection, tracking_uri: str | None, storage_path: str) -> None:
+    """Join (or start) Ray, then refuse what the cluster's nodes could not run or reach.
+
+    A local instance has all the resources it will ever have, so a run must fit it; a multi-host cluster
+    needs a tracking server, checkpoint storage and endpoints that every host can reach.
+    """
+    from gltr_platform.multihost import check_reachable_from_every_host, is_multi_host
+    from gltr_platform.train.tracking import resolve_tracking_uri
+
+    if init_ray(address):  # a cluster joined by address may autoscale: Ray Train checks against it
+        check_cluster_fits(scaling)
+    if is_multi_host():
+        check_reachable_from_every_host(resolve_tracking_uri(tracking_uri), storage_path)
+
+
 def restrict_auth_token() -> None:
     """Make our Ray auth token files owner-only: Ray 2.60 writes ~/.ray/auth_token with the default umask."""
     for name in {os.environ.get("RAY_AUTH_TOKEN_PATH") or str(RAY_TOKEN_FILE), str(RAY_TOKEN_FILE)}:

@@ -180,6 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["epoch"] = epoch
         # Identical on every rank when DDP keeps replicas in sync: a cheap check tests and users can read.
         metrics["param_checksum"] = float(sum(p.detach().double().sum() for p in core.parameters()))
+        metrics["host"] = ray.util.get_node_ip_address()  # which node this rank ran on (an MLflow tag)
         last = epoch == cfg.train.epochs
         metrics[CHECKPOINT_SCORE] = -1.0
         if epoch % cfg.train.eval_every == 0 or last:

@@ -37,7 +37,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SECRET_PATTERN = re.compile(
     r"(secret|password|passwd|token|access_?key|session_?key|api_?key|private_?key|credential)", re.IGNORECASE
 )
-NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc", "param_checksum"}
+NOT_LOGGED_PER_EPOCH = {"epoch", "test_cmc", "param_checksum", "host"}
+HOSTS_TAG = "gltr.hosts"  # the node address of every rank, rank 0 first
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:
@@ -141,12 +142,17 @@ class EpochMetricsLogger(UserCallback):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.last_step: int | None = None
+        self.hosts: str | None = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         """Called once per `ray.train.report` round, after the checkpoint is persisted."""
         values = metrics[0]
         epoch = int(values["epoch"])
         client = MlflowClient(self.tracking_uri)
+        hosts = ",".join(str(m.get("host", "?")) for m in metrics)
+        if hosts != self.hosts:  # set once, and again when a restarted worker group lands elsewhere
+            client.set_tag(self.run_id, HOSTS_TAG, hosts)
+            self.hosts = hosts
         if self.last_step is None:
             history = client.get_metric_history(self.run_id, "loss")
             self.last_step = max((m.step for m in history), default=0)
@@ -157,6 +163,11 @@ class EpochMetricsLogger(UserCallback):
             for key, value in values.items()
             if key not in NOT_LOGGED_PER_EPOCH and isinstance(value, int | float) and not isinstance(value, bool)
         ]
+        # DDP keeps replicas identical; 0 here is the evidence, per epoch, readable in the UI.
+        checksums = [m["param_checksum"] for m in metrics if "param_checksum" in m]
+        if checksums:
+            spread = max(checksums) - min(checksums)
+            scalars.append(mlflow.entities.Metric("replica_param_spread", spread, int(time.time() * 1000), epoch))
         client.log_batch(self.run_id, metrics=scalars, synchronous=True)
         self.last_step = epoch
 

@@ -19,13 +19,14 @@ import ray
 import ray.train
 import torch
 from mlflow.tracking import MlflowClient
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 import gltr_model
 from gltr_platform.data import s3
 from gltr_platform.data.manifest import build_index
 from gltr_platform.data.shard_cache import fetch_manifest
 from gltr_platform.train.checkpoint import CheckpointError, load_state
+from gltr_platform.train.collectives import NodeBoundTorchConfig
 from gltr_platform.train.config import TrainConfig
 from gltr_platform.train.datasets import open_training_data
 from gltr_platform.train.loop import CHECKPOINT_SCORE, build_model, train_loop_per_worker
@@ -121,6 +122,8 @@ def run_training(
         **dataset_tags(cfg),
         **(extra_tags or {}),
     }
+    if connect is not None:  # before the first MLflow call, which creates a sqlite store
+        connect()
     run_id = existing_run(uri, cfg.run.experiment, name)
     if resume and run_id is None:
         raise ValueError(f"--resume: no MLflow run named {name!r} in experiment {cfg.run.experiment!r} to resume")
@@ -129,8 +132,6 @@ def run_training(
             f"a run named {name!r} already exists in experiment {cfg.run.experiment!r}: "
             "pass --resume to continue it, or choose another --name"
         )
-    if connect is not None:
-        connect()
     if run_id is None:
         run_id = start_run(uri, cfg.run.experiment, name, cfg.flat(), tags, parent_run_id)
     else:
@@ -171,7 +172,7 @@ def build_trainer(cfg: TrainConfig, storage: str, callbacks: list) -> TorchTrain
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
         ),
