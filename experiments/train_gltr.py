@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gltr_platform.cli import Parser, connect_ray, parse_overrides, run_main
+from gltr_platform.cli import Parser, connect_ray, joins_cluster, parse_overrides, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         def connect() -> None:
             connect_ray(args.ray_address, cfg.scaling, cfg.run.tracking_uri, storage_path(cfg))
 
+        if joins_cluster(args.ray_address):  # cheap: refuse what other hosts cannot reach before reading data
+            connect()
         outcome = run_training(cfg, resume=args.resume, connect=connect)
         m = outcome.metrics
         print(f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gltr_platform.cli import Parser, connect_ray, parse_overrides, positive_int, run_main
+from gltr_platform.cli import Parser, connect_ray, joins_cluster, parse_overrides, positive_int, run_main
 from gltr_platform.train.config import PRESETS, ConfigError, build_config
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "search_spaces" / "cpu_demo.yaml"
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         def connect() -> None:
             connect_ray(args.ray_address, base.scaling, base.run.tracking_uri, settings.storage_path)
 
+        if joins_cluster(args.ray_address):  # cheap: refuse what other hosts cannot reach before reading data
+            connect()
         outcome = run_sweep(base, space, settings, resume=args.resume, connect=connect)
         print_summary(outcome)
         return 0 if outcome.best is not None else 1

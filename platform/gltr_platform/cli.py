@@ -93,6 +93,15 @@ def init_ray(address: str | None, **kwargs) -> bool:
     return node is not None and node.head
 
 
+def joins_cluster(address: str | None) -> bool:
+    """Whether init_ray(address) joins a running cluster (cheap, leaves nothing) rather than starting one.
+
+    A job's driver always joins ($RAY_ADDRESS is set for it): it connects before reading the dataset, so
+    what other hosts cannot reach is refused first; a local instance starts only once the inputs are read.
+    """
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect_ray(address: str | None, scaling: ScalingSection, tracking_uri: str | None, storage_path: str) -> None:
     """Join (or start) Ray, then refuse what the cluster's nodes could not run or reach.
 

@@ -14,3 +14,7 @@ class TrackingError(RuntimeError):
 
 class ServiceUnavailable(RuntimeError):
     """A service the run needs (Ray cluster, S3 endpoint) cannot be reached."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not run to the end; the message says what failed and what to do."""

@@ -151,17 +151,26 @@ class PlatformCluster:
             time.sleep(2)
         raise AssertionError(f"nodes not ready within {timeout:.0f} s (alive: {self.alive_nodes()})")
 
-    def submit(self, entrypoint: list[str], timeout: float = JOB_TIMEOUT_S, env: dict | None = None) -> tuple[int, str]:
-        """`ray job submit` as docs/cluster.md writes it, through the head's 127.0.0.1:8265; code and output."""
-        runtime_env = {"py_modules": ["gltr_model", "platform/gltr_platform"]}
-        client_env = self.sim.env(self.head, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=f"{HOST_HOME}/.ray/auth_token")
-        done = self.sim.run(
-            self.head,
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", "experiments",
-             "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
-            {**client_env, **(env or {})}, timeout=timeout,
-        )  # fmt: skip
+    def submit_command(self, entrypoint: list[str], job_env: dict[str, str] | None = None) -> list[str]:
+        """`ray job submit` as docs/cluster.md writes it, to the head's 127.0.0.1:8265."""
+        runtime_env = {"py_modules": ["gltr_model", "platform/gltr_platform"], "env_vars": job_env or {}}
+        return [RAY, "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir",
+                "experiments", "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]  # fmt: skip
+
+    def client_env(self) -> dict[str, str]:
+        """The job client's environment: the token as docs/cluster.md sets it up, nothing else of the node's."""
+        return self.sim.env(self.head, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=f"{HOST_HOME}/.ray/auth_token")
+
+    def submit(
+        self, entrypoint: list[str], timeout: float = JOB_TIMEOUT_S, job_env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Submit a job from the head's namespace and wait for it; the client's exit code and output."""
+        done = self.sim.run(self.head, self.submit_command(entrypoint, job_env), self.client_env(), timeout=timeout)
         return done.returncode, done.stdout + done.stderr
+
+    def submit_in_background(self, entrypoint: list[str], log: Path) -> subprocess.Popen:
+        """Submit a job whose client keeps running (and printing into `log`) while the test acts."""
+        return self.sim.start(self.head, self.submit_command(entrypoint), log, self.client_env())
 
 
 def start_head(sim: SimulatedCluster, logs: Path) -> PlatformCluster:

@@ -163,6 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loader.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         start_epoch, best_val = state["epoch"] + 1, state.get("best_val", 0.0)
+    resumed_from = start_epoch - 1 if checkpoint else None
 
     extract = {
         "height": cfg.data.height,
@@ -181,6 +182,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Identical on every rank when DDP keeps replicas in sync: a cheap check tests and users can read.
         metrics["param_checksum"] = float(sum(p.detach().double().sum() for p in core.parameters()))
         metrics["host"] = ray.util.get_node_ip_address()  # which node this rank ran on (an MLflow tag)
+        if epoch == start_epoch and resumed_from is not None:  # in MLflow: where a restarted run picked up
+            metrics["resumed_from_epoch"] = resumed_from
         last = epoch == cfg.train.epochs
         metrics[CHECKPOINT_SCORE] = -1.0
         if epoch % cfg.train.eval_every == 0 or last:

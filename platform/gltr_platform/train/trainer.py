@@ -25,6 +25,7 @@ import gltr_model
 from gltr_platform.data import s3
 from gltr_platform.data.manifest import build_index
 from gltr_platform.data.shard_cache import fetch_manifest
+from gltr_platform.errors import TrainingFailed
 from gltr_platform.train.checkpoint import CheckpointError, load_state
 from gltr_platform.train.collectives import NodeBoundTorchConfig
 from gltr_platform.train.config import TrainConfig
@@ -122,8 +123,6 @@ def run_training(
         **dataset_tags(cfg),
         **(extra_tags or {}),
     }
-    if connect is not None:  # before the first MLflow call, which creates a sqlite store
-        connect()
     run_id = existing_run(uri, cfg.run.experiment, name)
     if resume and run_id is None:
         raise ValueError(f"--resume: no MLflow run named {name!r} in experiment {cfg.run.experiment!r} to resume")
@@ -132,6 +131,8 @@ def run_training(
             f"a run named {name!r} already exists in experiment {cfg.run.experiment!r}: "
             "pass --resume to continue it, or choose another --name"
         )
+    if connect is not None:
+        connect()
     if run_id is None:
         run_id = start_run(uri, cfg.run.experiment, name, cfg.flat(), tags, parent_run_id)
     else:
@@ -146,6 +147,8 @@ def run_training(
             if damaged is None:
                 raise
             raise damaged from e
+        except ray.train.ControllerError as e:
+            raise TrainingFailed(controller_failure_message(e.controller_failure)) from e
         if result.error:
             raise result.error
         outcome = TrainingOutcome(
@@ -218,6 +221,25 @@ def load_trained_model(checkpoint: ray.train.Checkpoint) -> tuple[torch.nn.Modul
     )
     model.load_state_dict(state["model"])
     return model.eval(), cfg
+
+
+def controller_failure_message(failure: BaseException) -> str:
+    """One line for a failed Ray Train controller: what failed (its innermost message) and what to do.
+
+    Ray's own message starts "Training failed due to controller error:" and puts the cause on later
+    lines, after a traceback; a one-line error would end at the colon.
+    """
+    text = str(failure)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t", "Traceback"))]
+    cause = lines[-1] if lines else type(failure).__name__
+    message = f"Ray Train could not run the worker group: {cause}"
+    if "gloo" in text.lower() or "connectfullmesh" in text.lower() or "nccl" in text.lower():
+        message += (
+            " -- the ranks could not connect to each other: every worker host must reach the others on all TCP "
+            "ports (one security group), and GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, if set, must name the "
+            "interface holding the node's Ray address"
+        )
+    return message
 
 
 def _checkpoint_error(error: ray.train.WorkerGroupError) -> CheckpointError | None:
