@@ -44,6 +44,7 @@ S3_PORT, MLFLOW_PORT, RAY_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
 BUCKET = "gltr-cluster"
 DATASET = f"s3://{BUCKET}/datasets/synthetic"
 JOB_TIMEOUT_S = 1500
+FIGURES = "figures.txt"
 # Credentials as every node holds them (on AWS: instance profiles). Fake, and distinctive enough to scan for.
 NODE_AWS = {
     "AWS_ACCESS_KEY_ID": "gltr-cluster-key-id",
@@ -113,6 +114,11 @@ class PlatformCluster:
             for ip, method, path in self.s3_requests()
             if method == "GET" and path.startswith(prefix) and "manifest" not in path
         )
+
+    def record(self, line: str) -> None:
+        """A figure for the closing summary of the run (recovery times, sync counts)."""
+        with open(self.logs / FIGURES, "a") as out:
+            out.write(line + "\n")
 
     def add_worker(self, name: str, cpus: int) -> Host:
         """A new worker host joined to the cluster (`ray start --address`), holding the cluster's token."""
@@ -226,6 +232,17 @@ pack(ensure_synthetic_mars(sys.argv[1], synthetic_config(cfg)), sys.argv[2], pro
 """
 
 
+_figures: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The figures the scenarios measured, printed after the results."""
+    for path in _figures:
+        if path.exists():
+            terminalreporter.section("simulated cluster: figures")
+            terminalreporter.write(path.read_text())
+
+
 @pytest.fixture(scope="session")
 def platform_cluster(tmp_path_factory) -> Iterator[PlatformCluster]:
     """Head + two 1-CPU worker hosts, the dataset packed into S3; torn down (by PID) however tests end."""
@@ -236,6 +253,8 @@ def platform_cluster(tmp_path_factory) -> Iterator[PlatformCluster]:
         pytest.fail(f"cannot build the simulated cluster: {e}", pytrace=False)
     logs = Path(os.environ.get("ARTIFACTS_DIR") or tmp_path_factory.mktemp("cluster-logs"))
     logs.mkdir(parents=True, exist_ok=True)
+    (logs / FIGURES).unlink(missing_ok=True)
+    _figures.append(logs / FIGURES)
     try:
         cluster = start_head(sim, logs)
         for name in ("worker1", "worker2"):

@@ -57,6 +57,14 @@ def test_each_worker_host_synced_the_dataset_once_and_the_head_downloaded_no_sha
         caches = list((worker.home / ".cache" / "gltr-platform" / "datasets").glob("*/manifest.json"))
         assert len(caches) == 1, caches
     assert not [key for (host, key) in downloads if host == "head"]
+    platform_cluster.record(
+        "ddp: shard downloads per host "
+        + ", ".join(
+            f"{h.name} {sum(c for (n, _), c in downloads.items() if n == h.name)}"
+            for h in platform_cluster.sim.hosts.values()
+        )
+        + f" (dataset: {len(shards)} shards)"
+    )
     assert not list(platform_cluster.head.home.glob(".cache/gltr-platform/datasets/*/shards/*"))
 
 

@@ -84,7 +84,12 @@ def lost_host_sweep(platform_cluster) -> LostHostSweep:
             recovery = time.monotonic() - lost_at
         time.sleep(1)
     client_proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    print(f"\nworker2 lost at epoch {epochs_before} of its trial; next epoch logged {recovery} s later")
+    cluster.record(
+        f"host lost: worker2 removed after epoch {epochs_before} of its trial; the trial's next epoch was logged "
+        f"{recovery:.0f} s later (a fresh host joined meanwhile)"
+        if recovery is not None
+        else "host lost: no recovery"
+    )
     return LostHostSweep(
         client_proc.returncode, log.read_text(), hosts_before, victim.info.run_id, epochs_before,
         recovery if recovery is not None else float("nan"), worker1.ip, worker2.ip, worker3.ip,
