@@ -9,16 +9,21 @@ same-pid same-camera entries; junk is skipped in the ranking; every query counts
 
 Ties in distance are broken by gallery order (a stable sort, as MATLAB's `sort`).
 
-`evaluate_rank` never sorts a whole gallery row. Only the rank of each true match is needed, and an entry
-can only be ranked ahead of a true match if it is no farther than the query's *farthest* true match. So,
-for a block of queries at a time, it keeps just those valid (not junk) non-matching entries, sorts them
-per query and binary-searches each true-match distance among them. With a useful model that is a few
-percent of the gallery (1-2% at GLTR's MARS quality, 12-14% for a weak model), and every step but that
-per-query sort is a vectorised numpy pass over the block. `evaluate_rank_reference` is the straightforward
-per-query loop of the same protocols: the oracle in tests and the baseline in the benchmark.
+`evaluate_rank` sorts no gallery row. A true match's rank is one plus the number of valid entries ahead of
+it, so per query it takes the few true-match distances (sorted, with gallery order among equal ones) and
+counts, for each, the entries ahead of it with one vectorised comparison over the row: O(G) per true match,
+whatever the features, since nothing depends on where the matches fall in the ranking. The comparison runs
+over the row less its same-identity entries and the junk runs, cut into segments at those skipped columns;
+within a segment every column is on one side of each true match, so ties follow gallery order exactly by
+comparing with `<` after the match and with `<=` (as `< nextafter(t)`) before it. On a gallery sorted by
+identity (MARS) that is two segments per query. The counts come from the comparisons packed into a bool
+buffer, summed 8 bytes at a time. `evaluate_rank_reference` is the straightforward per-query loop of the same
+protocols: the oracle in tests and the baseline in the benchmark.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,29 +39,34 @@ def evaluate_rank(
     g_camids,
     max_rank: int = 20,
     protocol: str = "torchreid",
-    block_size: int = 128,
+    block_size: int = 16,
 ) -> tuple[np.ndarray, float]:
     """Return `(cmc, mAP)`: `cmc[k]` is the fraction of queries matched within the top k+1, mAP in [0, 1]."""
     d, qp, gp, qc, gc = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, protocol, max_rank)
-    # The gallery grouped by pid finds each query's same-identity entries without a (queries x gallery)
-    # pid comparison; pid -1 is junk for every query in the official protocol.
-    by_pid = np.argsort(gp, kind="stable")
-    junk_columns = np.flatnonzero(gp == -1) if protocol == "official" else np.zeros(0, dtype=np.int64)
-    first = np.zeros(len(qp), dtype=np.int64)  # rank of the first true match, 0 = none
-    ap = np.zeros(len(qp))
-    # Blocks of queries bound the memory (a bool mask and at most a copy of one block); beyond ~64 rows the
-    # block size hardly changes the speed, and 128 rows of MARS keep the mask within ~1.5 MB.
-    for s in range(0, len(qp), block_size):
-        e = min(s + block_size, len(qp))
-        block = d[s:e]
-        if not np.isfinite(block).all():
-            raise ValueError("distmat contains NaN or infinite distances: check the features")
-        rows, cols = _same_identity(qp[s:e], gp, by_pid)
-        junk = gc[cols] == qc[s:e][rows]
-        if protocol == "official":
-            junk |= gp[cols] == -1
-        ranks, k = _match_ranks(block, rows, cols, ~junk, junk_columns)
-        first[s:e], ap[s:e] = _first_and_ap(ranks, k, protocol)
+    # NaN and inf propagate through a sum, so one cheap pass clears almost every matrix; only a sum that
+    # overflowed needs the exact check.
+    if not np.isfinite(d.sum()) and not np.isfinite(d).all():
+        raise ValueError("distmat contains NaN or infinite distances: check the features")
+    rows, cols = _same_identity(qp, gp, np.argsort(gp, kind="stable"))
+    junk = gc[cols] == qc[rows]
+    if protocol == "official":
+        junk |= gp[cols] == -1
+    match_row, match_col, t, k = _true_matches(d, rows[~junk], cols[~junk], len(qp))
+    start = np.cumsum(k) - k
+    junk_runs = _runs(np.flatnonzero(gp == -1)) if protocol == "official" else np.zeros((0, 2), np.int64)
+    segments = _segments(rows, cols, k, junk_runs, d.shape[1])
+    thresholds = _segment_thresholds(segments, match_col, t, k, start)
+    ahead = np.zeros(len(t), dtype=np.int64)
+    queries = np.flatnonzero(k)
+    width = -(-d.shape[1] // _LANE_SPAN) * _LANE_SPAN
+    buffer = np.empty((_max_block_matches(k[queries], block_size), width), dtype=bool)
+    for s in range(0, len(queries), block_size):
+        block = queries[s : s + block_size]
+        lo, hi = start[block[0]], start[block[-1]] + k[block[-1]]
+        ahead[lo:hi] = _count_ahead(d, block, segments, thresholds, start, k, buffer)
+    # A true match is preceded by the valid entries ahead of it and by the true matches before it in its row.
+    ranks = ahead + (np.arange(len(t)) - start[match_row]) + 1
+    first, ap = _first_and_ap(ranks, k, protocol)
     return _summarise(first, ap, max_rank, protocol)
 
 
@@ -90,45 +100,113 @@ def _same_identity(qp, gp, by_pid):
     return rows, by_pid[np.repeat(start, n) + within]
 
 
-def _match_ranks(block, rows, cols, is_match, junk_columns):
-    """1-based ranks among the valid entries of each row's true matches, ascending per row; and k per row.
+def _true_matches(d, rows, cols, n_queries):
+    """Row, column and distance of every true match in ranking order (row, distance, gallery order); k per row.
 
-    `rows`, `cols`: the same-identity entries of the block (true matches where `is_match`, junk otherwise).
+    `rows`, `cols` come ascending (rows, then columns within a row), so a stable sort by (row, distance)
+    keeps gallery order among equal distances.
     """
-    b = block.shape[0]
-    # True matches sorted by (row, distance, gallery order): (n_matches,) each.
-    mr, mc = rows[is_match], cols[is_match]
-    t = block[mr, mc]
-    order = np.lexsort((mc, t, mr))
-    mr, mc, t = mr[order], mc[order], t[order]
-    k = np.bincount(mr, minlength=b)
-    start = np.cumsum(k) - k
-    # Valid non-matching entries no farther than the row's farthest true match (-inf: rows without one).
-    farthest = np.full((b, 1), -np.inf, dtype=block.dtype)
-    farthest[k > 0, 0] = t[start[k > 0] + k[k > 0] - 1]
-    near = block <= farthest  # (B, G) bool
-    near[rows, cols] = False  # the true matches themselves and same-camera junk
-    near[:, junk_columns] = False
-    values = np.compress(near.ravel(), block.ravel())  # row by row; ~5x faster than block[near] here
-    n_near = np.array([np.count_nonzero(row) for row in near])  # ~4x faster than near.sum(axis=1)
-    near_start = np.cumsum(n_near) - n_near
-    # ahead[i]: near entries strictly closer than true match i, by a binary search in its row's sorted ones.
-    ahead = np.zeros(len(t), dtype=np.int64)
-    for r in np.flatnonzero(k).tolist():
-        row_values = values[near_start[r] : near_start[r] + n_near[r]]
-        row_values.sort()  # in place, in `values`
-        ahead[start[r] : start[r] + k[r]] = np.searchsorted(row_values, t[start[r] : start[r] + k[r]])
-    # A true match is preceded by the entries closer than it and by the true matches before it in its row.
-    ranks = ahead + (np.arange(len(t)) - start[mr]) + 1
-    # Ties: the first sorted near entry not closer than a true match may be at exactly its distance. Such
-    # entries go ahead of it only if they come first in the gallery (stable sort); rare with real
-    # features, so they are counted one tied match at a time.
-    tied = ahead < n_near[mr]
-    tied[tied] = values[(near_start[mr] + ahead)[tied]] == t[tied]
-    for i in np.flatnonzero(tied).tolist():
-        r, c = mr[i], mc[i]
-        ranks[i] += np.count_nonzero(near[r, :c] & (block[r, :c] == t[i]))
-    return ranks, k
+    t = np.take(d.ravel(), rows * d.shape[1] + cols)  # a flat gather is ~3x faster than d[rows, cols]
+    order = np.lexsort((t, rows))
+    return rows[order], cols[order], t[order], np.bincount(rows, minlength=n_queries)
+
+
+def _runs(columns):
+    """Ascending columns as `[start, stop)` runs of consecutive ones, shape (runs, 2)."""
+    if len(columns) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(columns) != 1) + 1
+    return np.stack([columns[np.r_[0, breaks]], columns[np.r_[breaks - 1, len(columns) - 1]] + 1], axis=1)
+
+
+class _Segments(NamedTuple):
+    """Column ranges `[lo, hi)` to compare, sorted by (row, lo), and where each lands in its packed row."""
+
+    row: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    pos: np.ndarray  # first column in the query's packed row of comparisons
+    width: np.ndarray  # per query: columns compared in all
+
+
+def _segments(rows, cols, k, junk_runs, n_gallery):
+    """Per query with a true match: the gallery minus its same-identity entries and minus the junk runs."""
+    keep = k[rows] > 0
+    r, lo, hi = rows[keep], cols[keep], cols[keep] + 1
+    if len(junk_runs):
+        queries = np.flatnonzero(k)
+        r = np.concatenate([r, np.repeat(queries, len(junk_runs))])
+        lo = np.concatenate([lo, np.tile(junk_runs[:, 0], len(queries))])
+        hi = np.concatenate([hi, np.tile(junk_runs[:, 1], len(queries))])
+    order = np.lexsort((lo, r))
+    r, lo, hi = r[order], lo[order], hi[order]
+    # Skipped intervals may overlap, so the gap before each starts where everything earlier in its row ended
+    # (the row offset keeps the running maximum within a row).
+    offset = r * (n_gallery + 1)
+    reach = np.maximum.accumulate(offset + hi) - offset
+    first, last = np.diff(r, prepend=-1) != 0, np.diff(r, append=-1) != 0
+    seg_row = np.concatenate([r, r[last]])
+    seg_lo = np.concatenate([np.where(first, 0, np.roll(reach, 1)), reach[last]])
+    seg_hi = np.concatenate([lo, np.full(int(last.sum()), n_gallery)])
+    keep = seg_hi > seg_lo
+    order = np.lexsort((seg_lo[keep], seg_row[keep]))
+    seg_row, seg_lo, seg_hi = seg_row[keep][order], seg_lo[keep][order], seg_hi[keep][order]
+    length = seg_hi - seg_lo
+    width = np.bincount(seg_row, weights=length, minlength=len(k)).astype(np.int64)
+    row_first = np.cumsum(width) - width
+    pos = np.cumsum(length) - length - row_first[seg_row]
+    return _Segments(seg_row, seg_lo, seg_hi, pos, width)
+
+
+def _segment_thresholds(seg, match_col, t, k, start):
+    """Per segment, its query's true-match distances as thresholds for `<`, stacked into one column.
+
+    Within a segment every column is on one side of each true match, so the stable order's tie rule becomes
+    the comparison itself: an entry tied with a match is ahead of it only if its column is lower, which for
+    floats is `x < nextafter(t, +inf)` before the match and `x < t` after it.
+    """
+    n = k[seg.row]
+    pair = np.repeat(start[seg.row], n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    later_match = match_col[pair] >= np.repeat(seg.hi, n)
+    above = np.nextafter(t, np.array(np.inf, dtype=t.dtype))
+    return np.where(later_match, above[pair], t[pair]).reshape(-1, 1), np.cumsum(n) - n
+
+
+def _max_block_matches(k, block_size):
+    if len(k) == 0:
+        return 0
+    return int(np.add.reduceat(k, np.arange(0, len(k), block_size)).max())
+
+
+# A packed row of bools is counted 8 bytes at a time as uint64 words: summing at most 255 words keeps every
+# byte's count below 256, so no byte carries into the next. Rows are padded to a multiple of 8 * 255 bytes.
+_LANE_SPAN = 8 * 255
+
+
+def _count_true(mask):
+    """Number of True values per row of a C-contiguous bool matrix whose width is a multiple of _LANE_SPAN."""
+    n = mask.shape[0]
+    words = mask.view(np.uint64).reshape(n, -1, 255).sum(axis=2)
+    return words.view(np.uint8).reshape(n, -1).sum(axis=1, dtype=np.int64)
+
+
+def _count_ahead(d, block, seg, thresholds, start, k, buffer):
+    """For each true match of the `block` queries, the valid non-same-identity entries ahead of it."""
+    (threshold, threshold_at), base = thresholds, int(start[block[0]])
+    n_pairs = int(start[block[-1]] + k[block[-1]]) - base
+    # Packed rows are as wide as the gallery less their skipped entries; what lies beyond is left from
+    # earlier blocks, so clear it from the narrowest packed row of the block on, in one call.
+    buffer[:n_pairs, int(seg.width[block].min()) :] = False
+    first, stop = np.searchsorted(seg.row, [block[0], block[-1] + 1])
+    off, n = start[seg.row[first:stop]] - base, k[seg.row[first:stop]]
+    for r, lo, hi, pos, at, o, m in zip(
+        *(a[first:stop].tolist() for a in (seg.row, seg.lo, seg.hi, seg.pos, threshold_at)),
+        off.tolist(),
+        n.tolist(),
+        strict=True,
+    ):
+        np.less(d[r, lo:hi], threshold[at : at + m], out=buffer[o : o + m, pos : pos + hi - lo])
+    return _count_true(buffer[:n_pairs])
 
 
 def _first_and_ap(ranks, k, protocol):

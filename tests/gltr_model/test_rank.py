@@ -208,3 +208,30 @@ def test_real_mars_structure_perfect_and_noisy_features(protocol, num_gallery):
     np.testing.assert_allclose(cmc, ref_cmc)
     assert mAP == pytest.approx(ref_mAP, abs=1e-9)
     assert 0.05 < mAP < 0.95 and np.all(np.diff(cmc) >= 0)
+
+
+@pytest.mark.parametrize("protocol", ["torchreid", "official"])
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_heavy_ties_on_a_shuffled_gallery_follow_gallery_order(protocol, levels):
+    # a few distinct distances, so nearly every entry ties with some true match; pids scattered over the
+    # gallery, so same-identity columns interleave with everything else (and junk, officially)
+    rng = np.random.default_rng(levels)
+    q_pids, g_pids = rng.integers(-1, 6, 40), rng.permutation(np.repeat(np.arange(-1, 6), 30))
+    q_camids, g_camids = rng.integers(0, 3, 40), rng.integers(0, 3, len(g_pids))
+    dist = rng.integers(0, levels, (40, len(g_pids))).astype(np.float32)
+    for block_size in (1, 5, 64):
+        agree_with_oracle((dist, q_pids, g_pids, q_camids, g_camids), protocol, max_rank=30, block_size=block_size)
+
+
+@pytest.mark.parametrize(("protocol", "num_gallery"), [("torchreid", 9330), ("official", 12180)])
+def test_real_mars_structure_uninformative_features(protocol, num_gallery):
+    # features that carry no identity: true matches spread over the whole ranking
+    q_pids, q_camids, g_pids, g_camids = mars_test_split(protocol)
+    rng = np.random.default_rng(1)
+    qf, gf = torch.tensor(rng.normal(size=(len(q_pids), 16))), torch.tensor(rng.normal(size=(num_gallery, 16)))
+    dist = torch.cdist(qf, gf).float().numpy()
+    cmc, mAP = agree_with_oracle((dist, q_pids, g_pids, q_camids, g_camids), protocol, max_rank=20)
+    assert mAP < 0.02 and cmc[0] < 0.02
+    # and rounded to two decimals, so ties with true matches are everywhere
+    rounded = np.round(dist[:300] + rng.random((300, 1)), 2).astype(np.float32)
+    agree_with_oracle((rounded, q_pids[:300], g_pids, q_camids[:300], g_camids), protocol, max_rank=20)
