@@ -23,7 +23,8 @@ def build_parser() -> Parser:
     p.add_argument(
         "--data",
         required=True,
-        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV directory, or 'synthetic'",
+        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV/iLIDS-VID/PRID-2011 directory, "
+        "or 'synthetic'; iLIDS-VID and PRID-2011 are tested on the training run's identity split",
     )
     p.add_argument("--protocol", choices=["official", "torchreid"], help="default: the training run's")
     p.add_argument("--test-mode", choices=["whole", "chunks", "evenly"], help="default: the training run's")
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             update={"data": cfg.data.model_copy(update={"source": args.data, "cache_dir": args.cache_dir})}
         )
         cache = Path(os.path.expanduser(args.cache_dir)) / "datasets"
-        index, source, info = open_dataset(resolve_source(data), cache, protocol=protocol)
+        # The training run's split: another split's test half holds identities the model was trained on.
+        index, source, info = open_dataset(resolve_source(data), cache, protocol=protocol, split=cfg.data.split)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(args.model, map_location=device).to(device).eval()

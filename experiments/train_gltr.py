@@ -29,8 +29,8 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--data",
-        help="dataset: s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV directory, "
-        "or 'synthetic' (sets data.source)",
+        help="dataset: s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV/iLIDS-VID/"
+        "PRID-2011 directory, or 'synthetic' (sets data.source; data.split picks an iLIDS-VID/PRID-2011 split)",
     )
     parser.add_argument("--config", type=Path, help="YAML file with config sections (data, model, optim, train, ...)")
     parser.add_argument(

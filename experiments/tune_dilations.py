@@ -37,7 +37,8 @@ def build_parser() -> Parser:
     )
     data.add_argument(
         "--data",
-        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV directory, or 'synthetic'",
+        help="dataset: s3://bucket/prefix (packed), a local packed or raw MARS/DukeV/iLIDS-VID/PRID-2011 directory, "
+        "or 'synthetic'",
     )
     data.add_argument(
         "--space",

@@ -1,4 +1,5 @@
-"""Datasets: readers (MARS, DukeMTMC-VideoReID), synthetic data, packed shards on S3, sync, loaders."""
+"""Datasets: readers (MARS, DukeMTMC-VideoReID, iLIDS-VID, PRID-2011), synthetic data, packed shards on S3,
+sync, loaders."""
 
 from gltr_platform.data.index import (
     DatasetError,

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m gltr_platform.data`."""
     parser = _Parser(
         prog="python -m gltr_platform.data",
-        description="Pack, sync, generate and inspect video re-ID datasets (MARS, DukeV, synthetic).",
+        description="Pack, sync, generate and inspect video re-ID datasets (MARS, DukeV, iLIDS-VID, PRID-2011, "
+        "synthetic).",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "pack",
         help="pack a raw dataset into shards + manifest on S3 or in a directory",
-        description="Index a raw MARS or DukeMTMC-VideoReID directory and write it as a few large "
-        "shards plus manifest.json to DEST. The manifest is written last.",
+        description="Index a raw MARS, DukeMTMC-VideoReID, iLIDS-VID or PRID-2011 directory and write it as a "
+        "few large shards plus manifest.json to DEST (iLIDS-VID, PRID-2011: all 10 identity splits). The "
+        "manifest is written last.",
     )
-    p.add_argument("src", metavar="SRC", help="raw dataset directory (MARS or DukeV layout)")
+    p.add_argument("src", metavar="SRC", help="raw dataset directory (MARS, DukeV, iLIDS-VID or PRID-2011 layout)")
     p.add_argument(
         "dest",
         metavar="DEST",
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "info",
         help="print a dataset's index summary and version",
-        description="Open a dataset (s3:// URI, packed directory, raw MARS/DukeV directory; raw and "
-        "S3 datasets are packed/synced into the cache first) and print its summary and version.",
+        description="Open a dataset (s3:// URI, packed directory, raw MARS/DukeV/iLIDS-VID/PRID-2011 directory; "
+        "raw and S3 datasets are packed/synced into the cache first) and print its summary and version.",
     )
     p.add_argument("spec", metavar="SPEC", help="s3://bucket/prefix or a local directory")
     _add_cache(p)
@@ -108,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROTOCOLS,
         default="torchreid",
         help="evaluation protocol of the query/gallery split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--split",
+        type=int,
+        default=0,
+        metavar="K",
+        help="identity split of iLIDS-VID or PRID-2011, 0-9 (default: %(default)s)",
     )
     _add_progress(p)
     return parser
@@ -216,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "info":
         from gltr_platform.data.resolve import open_dataset
 
-        index, _, info = open_dataset(args.spec, _cache(args), args.protocol, progress=progress)
+        index, _, info = open_dataset(args.spec, _cache(args), args.protocol, split=args.split, progress=progress)
         print(index.summary())
         print(f"version {info['version']}\nfrom {info['uri']} ({info['kind']})")
     return 0

@@ -49,10 +49,10 @@ class DatasetIndex:
             frames = sum(len(t) for t in ts)
             return f"  {name:<8} {pids:>6} ids {len(ts):>7} tracklets {frames:>9} frames"
 
-        return "\n".join(
-            [f"{self.name} ({self.protocol} protocol)"]
-            + [line(n, getattr(self, n)) for n in ("train", "query", "gallery")]
-        )
+        head = f"{self.name} ({self.protocol} protocol)"
+        if "split" in self.meta:  # one of several identity splits (iLIDS-VID, PRID-2011)
+            head += f", identity split {self.meta['split']} ({self.meta.get('split_source', 'source unknown')})"
+        return "\n".join([head] + [line(n, getattr(self, n)) for n in ("train", "query", "gallery")])
 
 
 def check_query_gallery(index: DatasetIndex) -> None:
@@ -67,7 +67,7 @@ def check_query_gallery(index: DatasetIndex) -> None:
 
 
 class FrameSource(Protocol):
-    """Returns the encoded (JPEG) bytes of one frame of a tracklet."""
+    """Returns the encoded (JPEG or PNG) bytes of one frame of a tracklet."""
 
     def read_frame(self, frame: str) -> bytes: ...
 

@@ -1,13 +1,14 @@
 """The manifest of a packed dataset: its schema, its version hash, and the index it describes.
 
-A packed dataset is a handful of large shard objects (JPEG bytes of frames, concatenated) plus one
-`manifest.json`::
+A packed dataset is a handful of large shard objects (frames as the raw dataset encodes them, JPEG or
+PNG, concatenated) plus one `manifest.json`::
 
     {
       "format": "gltr-packed", "version": 1,
       "dataset": "mars",
       "protocol": "official",              # protocol of the index it was packed from
-      "meta": {...},                        # the index's meta, minus local paths
+      "meta": {...},                        # the index's meta, minus local paths (iLIDS-VID, PRID-2011:
+                                            # "identity_splits", every split as lists of pids)
       "shards": [{"name": "shards/shard-00000.bin", "size": 268435456, "sha256": "..."}, ...],
       "tracklets": [                        # each distinct tracklet once, its frames contiguous
         {"pid": 1, "camid": 0, "dir": "bbox_train/0001",
@@ -24,6 +25,9 @@ Protocols are built at read time from the stored splits. A dataset packed from a
 folders are the same under both protocols) serves both protocols: "torchreid" removes the queries
 and junk from that gallery. One packed from a "torchreid" index can only serve "torchreid", since
 the junk tracklets are not in it. Packing a raw directory always stores the complete form.
+
+Identity splits are built at read time too: iLIDS-VID and PRID-2011 are packed as split 0, which lists
+every tracklet, and `build_index(..., split=k)` re-divides them by split k (see identity_splits).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from gltr_platform.data.identity_splits import select_split
 from gltr_platform.data.index import DatasetError, DatasetIndex, Tracklet, check_query_gallery
 
 FORMAT = "gltr-packed"
@@ -190,8 +195,8 @@ def check_protocol(manifest: Manifest, protocol: str) -> None:
         )
 
 
-def build_index(manifest: Manifest, protocol: str) -> DatasetIndex:
-    """The DatasetIndex of a packed dataset under `protocol`; frames are frame names."""
+def build_index(manifest: Manifest, protocol: str, split: int = 0) -> DatasetIndex:
+    """The DatasetIndex of a packed dataset under `protocol` and identity `split`; frames are frame names."""
     check_protocol(manifest, protocol)
     records = manifest.tracklets
     rows = {s: manifest.splits.get(s, []) for s in SPLITS}
@@ -199,11 +204,11 @@ def build_index(manifest: Manifest, protocol: str) -> DatasetIndex:
         queries = set(rows["query"])
         rows["gallery"] = [r for r in rows["gallery"] if r not in queries and records[r].pid != JUNK_PID]
     lists = {
-        split: [Tracklet(records[r].frame_names(), records[r].pid, records[r].camid, split) for r in rows[split]]
-        for split in SPLITS
+        name: [Tracklet(records[r].frame_names(), records[r].pid, records[r].camid, name) for r in rows[name]]
+        for name in SPLITS
     }
     meta = {**manifest.meta, "version_hash": manifest.version_hash, "packed": True}
-    index = DatasetIndex(manifest.dataset, protocol=protocol, meta=meta, **lists)
+    index = select_split(DatasetIndex(manifest.dataset, protocol=protocol, meta=meta, **lists), split)
     check_query_gallery(index)
     return index
 

@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from gltr_platform.data.index import DatasetError, DatasetIndex, Tracklet
+from gltr_platform.data.matfile import load_int_matrix
 
 MARS_PROTOCOLS = ("torchreid", "official")
 JUNK_PID = -1
@@ -33,6 +33,7 @@ _NAME_LEN = len("0001C1T0001F001.jpg")
 # Fixed characters of a frame name; everything else (pid, camera, tracklet, frame) is a digit.
 _LITERALS = {4: "C", 6: "T", 11: "F", 15: ".", 16: "j", 17: "p", 18: "g"}
 _DIGITS = [5, 7, 8, 9, 10, 12, 13, 14]
+_SHIPPED = "MARS ships it in info/"
 
 
 def mars_frame_name(pid: int, camera: int, tracklet: int, frame: int) -> str:
@@ -91,7 +92,7 @@ def read_mars(root: str | Path, protocol: str = "torchreid") -> DatasetIndex:
 
 def _read_tracks(names_file: Path, mat_file: Path, key: str, frames_dir: Path) -> tuple[np.ndarray, list[str]]:
     """The checked [start, end, pid, camid] rows of `mat_file`; the frame paths of `names_file`."""
-    rows = _load_mat(mat_file, key)
+    rows = load_int_matrix(mat_file, key, _SHIPPED)
     if rows.ndim != 2 or rows.shape[1] != 4 or rows.shape[0] == 0:
         raise DatasetError(f"{mat_file}: {key} has shape {rows.shape}, expected N x 4 rows [start, end, pid, camid]")
     names = _read_names(names_file)
@@ -170,7 +171,7 @@ def _parse_names(names: list[str], names_file: Path) -> tuple[np.ndarray, np.nda
 
 def _read_query_rows(mat_file: Path, num_test: int) -> np.ndarray:
     """0-based rows of the test track info that are queries."""
-    idx = _load_mat(mat_file, "query_IDX")
+    idx = load_int_matrix(mat_file, "query_IDX", _SHIPPED)
     if idx.ndim > 2 or (idx.ndim == 2 and min(idx.shape) != 1) or idx.size == 0:
         raise DatasetError(f"{mat_file}: query_IDX has shape {idx.shape}, expected a 1 x N vector")
     idx = idx.ravel()
@@ -183,25 +184,3 @@ def _read_query_rows(mat_file: Path, num_test: int) -> np.ndarray:
     if len(np.unique(idx)) != len(idx):
         raise DatasetError(f"{mat_file}: query_IDX lists a test tracklet more than once")
     return idx - 1
-
-
-def _load_mat(mat_file: Path, key: str) -> np.ndarray:
-    """Integer array `key` of a MATLAB .mat file, as int64."""
-    if not mat_file.is_file():
-        raise DatasetError(f"{mat_file} is missing (MARS ships it in info/)")
-    try:
-        data = scipy.io.loadmat(mat_file)
-    # scipy signals a corrupt or unsupported file with many exception types; all mean the same here.
-    except Exception as e:
-        raise DatasetError(f"{mat_file} is not a readable MATLAB .mat file ({e}); re-download it") from e
-    if key not in data:
-        found = sorted(k for k in data if not k.startswith("__"))
-        raise DatasetError(f"{mat_file} has no variable {key!r} (found {found})")
-    value = np.asarray(data[key])
-    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
-        raise DatasetError(f"{mat_file}: {key} holds {value.dtype} values, expected integers")
-    with np.errstate(invalid="ignore"):  # NaN or inf: caught by the comparison below
-        as_int = value.astype(np.int64)
-    if not np.array_equal(as_int, value):
-        raise DatasetError(f"{mat_file}: {key} holds non-integer values, expected integer indices")
-    return as_int

@@ -30,9 +30,11 @@ from typing import Any
 
 from gltr_platform.data import s3
 from gltr_platform.data.dukev import read_dukev
+from gltr_platform.data.ilidsvid import read_ilidsvid
 from gltr_platform.data.index import DatasetError, DatasetIndex, DirectoryFrameSource, FrameSource
 from gltr_platform.data.manifest import MANIFEST_NAME, SPLITS, Manifest, build_manifest
 from gltr_platform.data.mars import read_mars
+from gltr_platform.data.prid2011 import read_prid2011
 
 DEFAULT_SHARD_SIZE = 256 * 1024 * 1024
 SHARD_DIR = "shards"
@@ -43,29 +45,38 @@ _UPLOAD_BACKLOG = 4
 
 
 def raw_kind(root: Path) -> str | None:
-    """ "mars" or "dukev" when `root` is a raw dataset directory of that kind, else None."""
+    """ "mars", "dukev", "ilidsvid" or "prid2011" when `root` is a raw dataset directory of that kind, else None."""
     if (root / "info").is_dir() and (root / "bbox_train").is_dir():
         return "mars"
     if all((root / d).is_dir() for d in ("train", "query", "gallery")):
         return "dukev"
+    # Only the top folder identifies these two, so a copy missing a camera or the split file is read, and
+    # the reader names what is missing instead of the directory being refused as no dataset at all.
+    if (root / "i-LIDS-VID").is_dir():
+        return "ilidsvid"
+    if (root / "prid_2011").is_dir():
+        return "prid2011"
     return None
 
 
 def read_raw(root: str | Path) -> DatasetIndex:
-    """Index a raw MARS or DukeV directory, keeping every test tracklet (so any protocol can be built)."""
+    """Index a raw dataset directory completely, so any protocol (and any identity split) can be built."""
     root = Path(root)
     kind = raw_kind(root)
     if kind == "mars":
         return read_mars(root, protocol="official")
-    if kind == "dukev":
-        index = read_dukev(root)
-        # DukeV's split folders are the same under both protocols: the gallery already holds every
-        # test tracklet and there is no junk pid, so the index is complete in the "official" sense.
+    readers = {"dukev": read_dukev, "ilidsvid": read_ilidsvid, "prid2011": read_prid2011}
+    if kind in readers:
+        index = readers[kind](root)
+        # These have one gallery under both protocols and no junk pid, so the index is complete in the
+        # "official" sense. iLIDS-VID and PRID-2011: split 0 lists every tracklet, and every split is in
+        # the index's meta, so the packed dataset serves all of them.
         index.protocol = "official"
         return index
     raise DatasetError(
-        f"{root} is not a raw dataset directory: expected MARS (info/, bbox_train/, bbox_test/) "
-        "or DukeMTMC-VideoReID (train/, query/, gallery/)"
+        f"{root} is not a raw dataset directory: expected MARS (info/, bbox_train/, bbox_test/), "
+        "DukeMTMC-VideoReID (train/, query/, gallery/), iLIDS-VID (i-LIDS-VID/sequences/, "
+        "train-test people splits/) or PRID-2011 (prid_2011/multi_shot/)"
     )
 
 
@@ -139,7 +150,8 @@ class _Layout:
 
     def content(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
         """Manifest content (without format, version, hash) once the shards are written."""
-        meta = {k: v for k, v in self.index.meta.items() if k != "root"}  # local path: not data
+        # root: a local path; split: the view the index was read as (all splits are in the meta). Not data.
+        meta = {k: v for k, v in self.index.meta.items() if k not in ("root", "split")}
         return {
             "dataset": self.index.name,
             "protocol": self.index.protocol,

@@ -4,9 +4,11 @@ Accepted specs:
 
 * `s3://bucket/prefix` of a packed dataset: synced into the node-local cache (see shard_cache);
 * a local packed directory (holds manifest.json): read in place;
-* a raw MARS directory (info/, bbox_train/, bbox_test/) or raw DukeMTMC-VideoReID directory
-  (train/, query/, gallery/): indexed and packed into the cache on first use, under a key hashed
-  from the directory's path and file listing, so later calls (and other processes) reuse it.
+* a raw MARS directory (info/, bbox_train/, bbox_test/), raw DukeMTMC-VideoReID directory
+  (train/, query/, gallery/), raw iLIDS-VID directory (i-LIDS-VID/sequences/, train-test people
+  splits/) or raw PRID-2011 directory (prid_2011/multi_shot/): indexed and packed into the cache on
+  first use, under a key hashed from the directory's path and file listing, so later calls (and other
+  processes) reuse it. One pack serves every identity split of iLIDS-VID and PRID-2011.
 
 Training always reads a packed dataset, so local and S3 runs take the same path.
 """
@@ -28,8 +30,9 @@ from gltr_platform.data.shard_cache import PackedDataset, sync
 
 ACCEPTED = (
     "an s3://bucket/prefix URI of a packed dataset, a local packed directory (with manifest.json), "
-    "a raw MARS directory (info/, bbox_train/) or a raw DukeMTMC-VideoReID directory "
-    "(train/, query/, gallery/)"
+    "a raw MARS directory (info/, bbox_train/), a raw DukeMTMC-VideoReID directory "
+    "(train/, query/, gallery/), a raw iLIDS-VID directory (i-LIDS-VID/) or a raw PRID-2011 directory "
+    "(prid_2011/)"
 )
 
 
@@ -38,11 +41,15 @@ def open_dataset(
     cache_dir: str | Path,
     protocol: str = "torchreid",
     *,
+    split: int = 0,
     verify: bool = False,
     progress: bool = True,
 ) -> tuple[DatasetIndex, FrameSource, dict[str, Any]]:
-    """The index, frame source and info (`uri`, `version`, `kind`, `path`) of dataset `spec`."""
-    dataset = _open_packed(spec, Path(cache_dir), protocol, verify, progress)
+    """The index, frame source and info (`uri`, `version`, `kind`, `path`) of dataset `spec`.
+
+    `split` picks one of the identity splits of iLIDS-VID or PRID-2011 (0-9); other datasets have split 0 only.
+    """
+    dataset = _open_packed(spec, Path(cache_dir), protocol, split, verify, progress)
     info = {
         "uri": str(spec) if s3.is_s3_uri(str(spec)) else str(Path(spec).absolute()),
         "version": dataset.version,
@@ -68,21 +75,23 @@ def check_spec(spec: str | Path) -> None:
 
 
 def _kind(spec: str | Path) -> str:
-    """ "s3", "packed", "mars" or "dukev"."""
+    """ "s3", "packed", or the kind of a raw directory ("mars", "dukev", "ilidsvid", "prid2011")."""
     if s3.is_s3_uri(str(spec)):
         return "s3"
     root = Path(spec)
     return "packed" if (root / MANIFEST_NAME).is_file() else str(raw_kind(root))
 
 
-def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool, progress: bool) -> PackedDataset:
+def _open_packed(
+    spec: str | Path, cache_dir: Path, protocol: str, split: int, verify: bool, progress: bool
+) -> PackedDataset:
     """The packed dataset behind `spec`, synced or packed into `cache_dir` when needed."""
     check_spec(spec)
     if s3.is_s3_uri(str(spec)):
-        return sync(str(spec), cache_dir, protocol=protocol, verify=verify, progress=progress)
+        return sync(str(spec), cache_dir, protocol=protocol, split=split, verify=verify, progress=progress)
     root = Path(spec)
     if (root / MANIFEST_NAME).is_file():
-        return PackedDataset.open(root, protocol, verify=verify)
+        return PackedDataset.open(root, protocol, split=split, verify=verify)
     packed = cache_dir / "raw" / f"{raw_kind(root)}-{listing_key(root)}"
     # Indexed before anything is created in the cache, so a broken raw directory leaves nothing there.
     index = None if (packed / MANIFEST_NAME).is_file() else read_raw(root)
@@ -91,7 +100,7 @@ def _open_packed(spec: str | Path, cache_dir: Path, protocol: str, verify: bool,
     with FileLock(packed.with_name(packed.name + ".lock")):
         if not (packed / MANIFEST_NAME).is_file():  # pack() renames a complete directory into place
             pack(index or read_raw(root), packed, progress=progress)
-    return PackedDataset.open(packed, protocol, verify=verify)
+    return PackedDataset.open(packed, protocol, split=split, verify=verify)
 
 
 def listing_key(root: Path) -> str:

@@ -56,25 +56,27 @@ _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class PackedDataset:
-    """A packed dataset on local disk: its manifest, its index under one protocol, and its frames.
+    """A packed dataset on local disk: its manifest, its index under one protocol and split, and its frames.
 
     It is the dataset's FrameSource: `read_frame(name)` reads the frame's byte range from its shard
     with os.pread. Descriptors are opened lazily per process, so the object can be shared with forked
     DataLoader workers or pickled to spawned ones.
     """
 
-    def __init__(self, root: str | Path, manifest: Manifest, protocol: str = "torchreid"):
+    def __init__(self, root: str | Path, manifest: Manifest, protocol: str = "torchreid", split: int = 0):
         self.root = Path(root)
         self.manifest = manifest
-        self.index: DatasetIndex = build_index(manifest, protocol)
+        self.index: DatasetIndex = build_index(manifest, protocol, split)
         self._table: FrameTable | None = None
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, root: str | Path, protocol: str = "torchreid", *, verify: bool = False) -> PackedDataset:
-        """Open a local packed directory; shard sizes are checked, checksums only with `verify`."""
+    def open(
+        cls, root: str | Path, protocol: str = "torchreid", *, split: int = 0, verify: bool = False
+    ) -> PackedDataset:
+        """Open a local packed directory at identity `split`; shard sizes are checked, checksums only with `verify`."""
         root = Path(root)
         path = root / MANIFEST_NAME
         try:
@@ -87,7 +89,7 @@ class PackedDataset:
             problem = _shard_problem(root / shard.name, shard, verify)
             if problem:
                 raise DatasetError(f"{root / shard.name} {problem}; re-pack or re-sync the dataset")
-        return cls(root, manifest, protocol)
+        return cls(root, manifest, protocol, split)
 
     @property
     def version(self) -> str:
@@ -179,6 +181,7 @@ def sync(
     cache_dir: str | Path,
     *,
     protocol: str = "torchreid",
+    split: int = 0,
     verify: bool = False,
     progress: bool = True,
 ) -> PackedDataset:
@@ -199,7 +202,7 @@ def sync(
                 _fill(entry, manifest, raw, client, loc, progress)
             else:
                 log.info("using cached %s (%s) at %s", manifest.dataset, manifest.version_hash, entry)
-    return PackedDataset(entry, manifest, protocol)
+    return PackedDataset(entry, manifest, protocol, split)
 
 
 @contextmanager

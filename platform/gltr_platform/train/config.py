@@ -43,11 +43,18 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = Field(
         "synthetic",
-        description="s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV directory, "
-        "or 'synthetic' (generated once into the cache)",
+        description="s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV/iLIDS-VID/PRID-2011 "
+        "directory, or 'synthetic' (generated once into the cache)",
     )
     cache_dir: str = Field("~/.cache/gltr-platform", description="node-local cache for synced datasets")
     protocol: Literal["official", "torchreid"] = Field("official", description="test evaluation protocol")
+    split: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="iLIDS-VID and PRID-2011: which of their 10 train/test identity splits (results are averaged "
+        "over all 10); other datasets have split 0 only",
+    )
     val_ids: int = Field(8, ge=1, description="training identities held out as the validation split")
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)

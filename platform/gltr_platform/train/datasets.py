@@ -46,4 +46,6 @@ def check_source(cfg: TrainConfig) -> None:
 def open_training_data(cfg: TrainConfig, progress: bool = False) -> tuple[DatasetIndex, FrameSource, dict[str, Any]]:
     """Index, frame source and info (uri, version hash) of the run's dataset, synced once per node."""
     cache = Path(os.path.expanduser(cfg.data.cache_dir))
-    return open_dataset(resolve_source(cfg), cache / "datasets", protocol=cfg.data.protocol, progress=progress)
+    return open_dataset(
+        resolve_source(cfg), cache / "datasets", protocol=cfg.data.protocol, split=cfg.data.split, progress=progress
+    )

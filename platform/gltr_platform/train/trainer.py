@@ -78,7 +78,7 @@ def dataset_tags(cfg: TrainConfig) -> dict[str, str]:
     """
     if s3.is_s3_uri(cfg.data.source):
         manifest = fetch_manifest(cfg.data.source, cfg.data.protocol)
-        index = build_index(manifest, cfg.data.protocol)
+        index = build_index(manifest, cfg.data.protocol, cfg.data.split)
         info = {"uri": cfg.data.source, "version": manifest.version_hash}
     else:
         index, _, info = open_training_data(cfg, progress=True)

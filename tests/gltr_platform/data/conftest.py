@@ -1,9 +1,16 @@
-"""Shared data fixtures: a tiny synthetic MARS on disk and the real MARS metadata."""
+"""Shared data fixtures: a tiny synthetic MARS on disk, the real MARS metadata, and writers of tiny
+iLIDS-VID and PRID-2011 copies in their published layouts."""
 
+import io
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
+import scipy.io
+from PIL import Image
 
 from gltr_platform.data.manifest import MANIFEST_NAME
 from gltr_platform.data.pack import pack
@@ -61,3 +68,55 @@ def mars_info_dir() -> Path:
     if not (path / "tracks_test_info.mat").is_file():
         pytest.fail(f"real MARS metadata missing at {path}: clone the shared folder beside the repo")
     return path
+
+
+def png_frame(pid: int, camid: int, frame: int) -> bytes:
+    """A tiny 8x16 RGB PNG whose colour tells its person, camera and frame apart."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 16), (pid % 256, 100 * camid + frame % 100, frame // 100)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_frames(folder: Path, names: Sequence[str], pid: int, camid: int) -> None:
+    folder.mkdir(parents=True)
+    for frame, name in enumerate(names):
+        (folder / name).write_bytes(png_frame(pid, camid, frame))
+
+
+def _write_ilidsvid(root: Path, persons: Sequence[int], ls_set: np.ndarray | None, frames: int = 4) -> Path:
+    """root/i-LIDS-VID/sequences/cam{1,2}/personNNN/camC_personNNN_FFFFF.png, and unless `ls_set` is None
+    root/train-test people splits/train_test_splits_ilidsvid.mat holding it, as scipy writes MATLAB files."""
+    for camid, camera in enumerate(("cam1", "cam2")):
+        for pid in persons:
+            first = 300 + 7 * pid  # sequences start mid-video, e.g. cam1_person001_00317.png
+            names = [f"{camera}_person{pid:03d}_{first + f:05d}.png" for f in range(frames)]
+            write_frames(root / "i-LIDS-VID" / "sequences" / camera / f"person{pid:03d}", names, pid, camid)
+    if ls_set is not None:
+        split_dir = root / "train-test people splits"
+        split_dir.mkdir()
+        scipy.io.savemat(split_dir / "train_test_splits_ilidsvid.mat", {"ls_set": ls_set})
+    return root
+
+
+@pytest.fixture
+def write_ilidsvid() -> Callable[..., Path]:
+    """write(root, persons, ls_set, frames=4): a tiny iLIDS-VID in its published layout."""
+    return _write_ilidsvid
+
+
+def _write_prid2011(root: Path, cameras: dict[str, dict[int, int]], splits: list | None = None) -> Path:
+    """root/prid_2011/multi_shot/{cam_a,cam_b}/person_NNNN/FFFF.png with {camera: {pid: frames}}, and
+    torchreid's root/splits_prid2011.json when `splits` is given."""
+    for camid, camera in enumerate(("cam_a", "cam_b")):
+        for pid, n in cameras.get(camera, {}).items():
+            names = [f"{f:04d}.png" for f in range(1, n + 1)]
+            write_frames(root / "prid_2011" / "multi_shot" / camera / f"person_{pid:04d}", names, pid, camid)
+    if splits is not None:
+        (root / "splits_prid2011.json").write_text(json.dumps(splits))
+    return root
+
+
+@pytest.fixture
+def write_prid2011() -> Callable[..., Path]:
+    """write(root, {camera: {pid: frames}}, splits=None): a tiny PRID-2011 in its published layout."""
+    return _write_prid2011

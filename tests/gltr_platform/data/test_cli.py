@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gltr_platform.data.__main__ import main
@@ -62,7 +63,7 @@ def test_help_lists_every_command():
         ("pack", ["--shard-size SIZE", "s3://bucket/prefix", "--no-progress"]),
         ("sync", ["--cache DIR", "--verify", "--no-progress"]),
         ("synth", ["--ids N", "training identities", "--cameras N", "--seed N"]),
-        ("info", ["--cache DIR", "--protocol", "torchreid", "official"]),
+        ("info", ["--cache DIR", "--protocol", "torchreid", "official", "--split K", "PRID-2011"]),
     ],
 )
 def test_each_command_explains_its_options(capsys, command, options):
@@ -96,6 +97,17 @@ def test_info_reads_a_local_packed_directory(capsys, synthetic_mars_root, tmp_pa
     code, out, _ = run_main(capsys, "info", tmp_path / "packed")
 
     assert code == 0 and out.startswith("mars (torchreid protocol)\n  train ")
+
+
+def test_info_prints_the_identity_split_of_a_raw_ilidsvid_directory(capsys, tmp_path, write_ilidsvid):
+    ls_set = np.stack([np.random.default_rng(k).permutation(4) + 1 for k in range(10)])
+    root = write_ilidsvid(tmp_path / "ilids-vid", (1, 2, 3, 5), ls_set, frames=2)
+
+    code, out, err = run_main(capsys, "info", root, "--cache", tmp_path / "cache", "--split", "7", "--no-progress")
+
+    assert code == 0, err
+    assert out.startswith("ilidsvid (torchreid protocol), identity split 7 (train-test people splits/")
+    assert "\n  query         2 ids       2 tracklets         4 frames\n" in out
 
 
 def test_a_wrong_command_line_exits_2_with_one_line():

@@ -1,4 +1,4 @@
-"""Clip transforms: one set of augmentation parameters per clip, ImageNet normalisation, JPEG decoding."""
+"""Clip transforms: one set of augmentation parameters per clip, ImageNet normalisation, JPEG/PNG decoding."""
 
 import io
 
@@ -153,6 +153,34 @@ def test_grayscale_jpegs_decode_to_three_channels():
     buf = io.BytesIO()
     Image.new("L", (W, H), 128).save(buf, format="JPEG")
     assert decode_frames([buf.getvalue()], ["gray.jpg"])[0].shape == (3, H, W)
+
+
+def png_bytes(frame: torch.Tensor, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame.permute(1, 2, 0).numpy()).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_png_frames_decode_losslessly_alone_or_mixed_with_jpegs():
+    frames = [textured_frame(s) for s in range(3)]
+
+    pngs = decode_frames([png_bytes(f) for f in frames], ["a.png", "b.png", "c.png"])
+    mixed = decode_frames([jpeg_bytes(frames[0]), png_bytes(frames[1])], ["a.jpg", "b.png"])
+
+    assert all(torch.equal(d, f) for d, f in zip(pngs, frames, strict=True))
+    assert torch.equal(mixed[1], frames[1]) and mixed[0].shape == (3, H, W)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA"])
+def test_grey_palette_and_alpha_pngs_decode_to_three_channels(mode):
+    assert decode_frames([png_bytes(textured_frame(), mode)], [f"{mode}.png"])[0].shape == (3, H, W)
+
+
+def test_a_corrupt_png_raises_dataset_error_naming_it():
+    good = png_bytes(textured_frame())
+
+    with pytest.raises(DatasetError, match="cannot decode frame 'cam_a/0002.png' as JPEG or PNG"):
+        decode_frames([good, good[: len(good) // 2], good], ["cam_a/0001.png", "cam_a/0002.png", "cam_a/0003.png"])
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,9 @@ def test_a_config_survives_the_json_round_trip_to_the_workers():
         ({"train.epochs": 2.5}, "train.epochs", "2.5"),
         ({"optim.lr": 0}, "optim.lr", "greater than 0"),
         ({"data.protocol": "market"}, "data.protocol", "'official' or 'torchreid'"),
+        ({"data.split": 10}, "data.split", "less than or equal to 9"),
+        ({"data.split": -1}, "data.split", "greater than or equal to 0"),
+        ({"data.split": True}, "data.split", "must be a number"),
     ],
 )
 def test_an_invalid_value_fails_with_one_message_that_names_the_key(overrides, named, says):
