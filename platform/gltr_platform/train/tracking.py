@@ -165,7 +165,7 @@ class EpochMetricsLogger(UserCallback):
         ]
         # DDP keeps replicas identical; 0 here is the evidence, per epoch, readable in the UI.
         checksums = [m["param_checksum"] for m in metrics if "param_checksum" in m]
-        if checksums:
+        if len(checksums) > 1:
             spread = max(checksums) - min(checksums)
             scalars.append(mlflow.entities.Metric("replica_param_spread", spread, int(time.time() * 1000), epoch))
         client.log_batch(self.run_id, metrics=scalars, synchronous=True)
