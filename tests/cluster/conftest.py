@@ -142,9 +142,11 @@ class PlatformCluster:
             self.head, [RAY, "list", "nodes", "--format", "json", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
             self.node_env(self.head), timeout=60,
         )  # fmt: skip
-        if done.returncode != 0:
-            return set()
-        return {n["node_ip"] for n in json.loads(done.stdout) if n["state"] == "ALIVE"}
+        try:  # while the head starts, the state API may answer with a message instead of JSON
+            nodes = json.loads(done.stdout) if done.returncode == 0 else []
+        except json.JSONDecodeError:
+            nodes = []
+        return {n["node_ip"] for n in nodes if n["state"] == "ALIVE"}
 
     def wait_for_nodes(self, ready, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> set[str]:
         """Until `ready(alive node addresses)` holds."""
