@@ -48,6 +48,11 @@ class DataConfig(_Section):
     )
     cache_dir: str = Field("~/.cache/gltr-platform", description="node-local cache for synced datasets")
     protocol: Literal["official", "torchreid"] = Field("official", description="test evaluation protocol")
+    rerank: bool = Field(
+        False,
+        description="also report test_rank1_rerank and test_mAP_rerank: the test split ranked by k-reciprocal "
+        "re-ranking (Zhong et al. 2017; k1 20, k2 6, lambda 0.3)",
+    )
     val_ids: int = Field(8, ge=1, description="training identities held out as the validation split")
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)
