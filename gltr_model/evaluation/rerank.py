@@ -21,14 +21,14 @@ reference in tests: the N x N distance matrix, its full argsort and a dense V be
 expansion, about 6 N^2 x 4 B at its peak (5 GB at MARS scale, N = 14,160). With `block_size=B` no N x N
 matrix exists: B rows of distances at a time give each entry's nearest neighbours and its row maximum,
 V is kept sparse (its rows have tens to hundreds of non-zeros), and the Jaccard numerators come from an
-inverted index of V's gallery rows, B query rows at a time. Peak memory beyond the features and the
-(Q, G) result is then a few B x N x 4 B, plus V (about 12 B per non-zero).
+inverted index of V's gallery rows, B query rows at a time. Its memory is one normalised copy of the
+features, two (Q, G) float32 matrices (one becomes the result), V (about 12 B a non-zero; tens of MB at
+MARS scale) and temporaries of a few B x N x 4 B: block_size bounds the part that is not fixed by the data.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def rerank_distances(
@@ -63,10 +63,10 @@ def _check_inputs(query, gallery, k1, k2, lambda_value, block_size):
         raise ValueError(f"features must be (N, D) with the same D, got {tuple(q.shape)} and {tuple(g.shape)}")
     if len(q) == 0 or len(g) == 0:
         raise ValueError(f"need at least one query and one gallery entry, got {len(q)} and {len(g)}")
-    feats = torch.cat([q, g]).float()
+    feats = torch.cat([q, g]).float()  # a new tensor, so normalised in place: one copy of the features
     if not torch.isfinite(feats).all():
         raise ValueError("features contain NaN or infinite values")
-    return F.normalize(feats, dim=1), k1, k2
+    return feats.div_(feats.norm(dim=1, keepdim=True).clamp_min(1e-12)), k1, k2  # as F.normalize
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ def _rerank_dense(feats, nq, k, k_half, k_qe, lambda_value):
     for i in range(nq):  # only the columns where query i has weight can contribute to its minima
         nz = v[i].nonzero().squeeze(1)
         shared[i] = torch.minimum(v[i, nz], v[nq:, nz]).sum(dim=1)
-    return _combine(shared, dist[:nq, nq:], lambda_value)
+    return _combine(shared, dist[:nq, nq:].clone(), lambda_value)
 
 
 def _rerank_blocked(feats, nq, k, k_half, k_qe, lambda_value, block_size):
@@ -124,8 +124,9 @@ def _rerank_blocked(feats, nq, k, k_half, k_qe, lambda_value, block_size):
 
 
 def _combine(shared: torch.Tensor, original: torch.Tensor, lambda_value: float) -> torch.Tensor:
-    jaccard = 1.0 - shared / (2.0 - shared)
-    return (1.0 - lambda_value) * jaccard + lambda_value * original
+    """(1 - lambda) J + lambda d, in place in both (Q, G) inputs: temporaries would be the peak of the blocked path."""
+    jaccard = shared.neg_().add_(2.0).reciprocal_().mul_(-2.0).add_(2.0)  # 1 - m / (2 - m) = 2 - 2 / (2 - m)
+    return original.mul_(lambda_value).add_(jaccard, alpha=1.0 - lambda_value)
 
 
 def _stable_smallest(block: torch.Tensor, k: int) -> torch.Tensor:
@@ -187,15 +188,26 @@ def _sparse_weights(feats, ranking, ranking_half, half, row_max, block_size) -> 
         members = _expanded_neighbours(ranking, ranking_half, half, rows)
         valid = members < n
         r, c = rows[:, None].expand_as(members)[valid], members[valid]  # row-major: grouped by row
-        # distances of just these pairs: a (B, N) block would be a second full pass over the features
-        dist = (2.0 - 2.0 * (feats[r] * feats[c]).sum(dim=1)).clamp_min(0.0) / row_max[r]
-        w = torch.exp(-dist)
+        w = torch.exp(-_pair_distances(feats, r, c, block_size) / row_max[r])
         per_row = valid.sum(dim=1)
         total = torch.zeros(len(rows), device=feats.device).index_add_(0, r - s, w)
         counts.append(per_row)
         cols.append(c)
         vals.append(w / total[r - s])
     return _SparseRows(_pointers(torch.cat(counts)), torch.cat(cols), torch.cat(vals))
+
+
+def _pair_distances(feats: torch.Tensor, r: torch.Tensor, c: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Squared distances of the pairs (r[i], c[i]) alone: a (B, N) block would be a second full pass.
+
+    Pairs go in chunks whose gathered features are about a (block_size, N) block of floats.
+    """
+    n, dim = feats.shape
+    chunk = max(1, block_size * n // (2 * dim))
+    dots = feats.new_empty(len(r))
+    for s in range(0, len(r), chunk):
+        dots[s : s + chunk] = (feats[r[s : s + chunk]] * feats[c[s : s + chunk]]).sum(dim=1)
+    return (2.0 - 2.0 * dots).clamp_min(0.0)
 
 
 def _expand_queries(v: _SparseRows, nearest: torch.Tensor, block_size: int) -> _SparseRows:
@@ -229,15 +241,15 @@ def _shared_weight(v: _SparseRows, nq: int, block_size: int) -> torch.Tensor:
     index_rows, index_vals = g_rows[by_col] - nq, g_vals[by_col]
     col_ptr = _pointers(torch.bincount(g_cols, minlength=n))
     col_len = col_ptr[1:] - col_ptr[:-1]
-    # Pairs (query entry, gallery entry sharing its column) per query: bound a group's pairs by the
-    # size of a (block_size, N) block of distances, as in pass 1.
+    # Pairs (query entry, gallery entry sharing its column) per query: a group's pairs take ~40 B each in
+    # temporaries, so a tenth of a (block_size, N) block of them costs about as much as that block of floats.
     q_end = int(v.ptr[nq])
     pairs = torch.zeros(nq, dtype=torch.long, device=device).index_add_(0, rows[:q_end], col_len[v.cols[:q_end]])
     cumulative = pairs.cumsum(0).tolist()
     shared = torch.zeros(nq, n - nq, device=device)
     s = 0
     while s < nq:
-        budget = (cumulative[s - 1] if s else 0) + block_size * n
+        budget = (cumulative[s - 1] if s else 0) + block_size * n // 10
         e = s + 1
         while e < min(s + block_size, nq) and cumulative[e] <= budget:
             e += 1
