@@ -78,15 +78,14 @@ def _rerank_dense(feats, nq, k, k_half, k_qe, lambda_value):
     dist = _squared_distances(feats, feats)
     dist /= dist.max(dim=1, keepdim=True).values.clamp_min(torch.finfo(dist.dtype).tiny)
     ranking = dist.sort(dim=1, stable=True).indices[:, : max(k, k_qe)]  # the full sort, then only its head
-    v = torch.zeros_like(dist)
-    half = _reciprocal(ranking[:, :k_half], torch.arange(n, device=feats.device))
     rows = torch.arange(n, device=feats.device)
+    half = _reciprocal(ranking[:, :k_half], rows)
     members = _expanded_neighbours(ranking[:, :k], ranking[:, :k_half], half, rows)
     valid = members < n
     cols = members.clamp(max=n - 1)
     weights = torch.where(valid, torch.exp(-dist.gather(1, cols)), 0.0)
     total = weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    v.scatter_add_(1, cols, weights / total)  # padding slots add 0 (to column N-1)
+    v = torch.zeros_like(dist).scatter_add_(1, cols, weights / total)  # padding slots add 0 (to column N-1)
     if k_qe > 1:
         expanded = torch.zeros_like(v)
         for t in range(k_qe):
