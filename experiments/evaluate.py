@@ -28,6 +28,7 @@ def build_parser() -> Parser:
     )
     p.add_argument("--protocol", choices=["official", "torchreid"], help="default: the training run's")
     p.add_argument("--test-mode", choices=["whole", "chunks", "evenly"], help="default: the training run's")
+    p.add_argument("--rerank", action="store_true", help="also rank by k-reciprocal re-ranking and print both results")
     p.add_argument("--cache-dir", default="~/.cache/gltr-platform", help="dataset cache (default: %(default)s)")
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(args.model, map_location=device).to(device).eval()
         metrics, cmc = retrieval_metrics(
-            model, index.query, index.gallery, source, protocol=protocol, prefix="",
+            model, index.query, index.gallery, source, protocol=protocol, prefix="", rerank=args.rerank,
             height=cfg.data.height, width=cfg.data.width, mode=mode, seq_len=cfg.data.seq_len,
             chunk_len=cfg.data.test_chunk_len, device=device,
         )  # fmt: skip
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
             "  ".join(f"rank-{r}: {100 * metrics[f'rank{r}']:.2f}%" for r in CMC_RANKS)
             + f"  mAP: {100 * metrics['mAP']:.2f}%"
         )
+        if args.rerank:
+            print(
+                f"re-ranked (k-reciprocal): rank-1: {100 * metrics['rank1_rerank']:.2f}%  "
+                f"mAP: {100 * metrics['mAP_rerank']:.2f}%"
+            )
         if args.json:
             print(json.dumps({**metrics, "cmc": [float(c) for c in cmc], "protocol": protocol}))
         return 0

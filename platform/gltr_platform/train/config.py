@@ -55,6 +55,11 @@ class DataConfig(_Section):
         description="iLIDS-VID and PRID-2011: which of their 10 train/test identity splits (results are averaged "
         "over all 10); other datasets have split 0 only",
     )
+    rerank: bool = Field(
+        False,
+        description="also report test_rank1_rerank and test_mAP_rerank: the test split ranked by k-reciprocal "
+        "re-ranking (Zhong et al. 2017; k1 20, k2 6, lambda 0.3)",
+    )
     val_ids: int = Field(8, ge=1, description="training identities held out as the validation split")
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)
