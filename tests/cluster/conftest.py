@@ -126,7 +126,12 @@ class PlatformCluster:
         token_dir = host.home / ".ray"
         token_dir.mkdir(mode=0o700)
         shutil.copy2(self.head.home / ".ray" / "auth_token", token_dir / "auth_token")
-        log = self.logs / f"ray-{name}.log"
+        self.start_ray(host, cpus)
+        return host
+
+    def start_ray(self, host: Host, cpus: int) -> None:
+        """`ray start --address=HEAD` on `host`, as cluster.yaml's worker_start_ray_commands; until it is alive."""
+        log = self.logs / f"ray-{host.name}.log"
         proc = self.sim.start(
             host,
             [RAY, "start", "--block", "--disable-usage-stats", f"--address={self.head.ip}:{RAY_PORT}",
@@ -134,7 +139,6 @@ class PlatformCluster:
             log, self.node_env(host),
         )  # fmt: skip
         self.wait_for_nodes(lambda alive: host.ip in alive, proc, log)
-        return host
 
     def alive_nodes(self) -> set[str]:
         """Node addresses the head's GCS reports alive (through the state API, from the head's namespace)."""
