@@ -46,6 +46,9 @@ DATASET = f"s3://{BUCKET}/datasets/synthetic"
 JOB_TIMEOUT_S = 1500
 FIGURES = "figures.txt"
 START_ATTEMPTS = 3
+# Four hosts on 2 cores start Ray's per-node agents slowly: a raylet that waits the default ~15 s for its
+# dashboard agent's port file aborts (`Timed out waiting for file .../metrics_agent_port_...`).
+SLOW_MACHINE = {"RAY_agent_register_timeout_ms": "120000", "RAY_raylet_start_wait_time_s": "120"}
 # Credentials as every node holds them (on AWS: instance profiles). Fake, and distinctive enough to scan for.
 NODE_AWS = {
     "AWS_ACCESS_KEY_ID": "gltr-cluster-key-id",
@@ -81,6 +84,7 @@ class PlatformCluster:
         """The environment cluster.yaml's setup commands give every Ray process on a node."""
         return self.sim.env(
             host,
+            **SLOW_MACHINE,
             RAY_AUTH_MODE="token",
             MLFLOW_TRACKING_URI=self.tracking_uri,
             AWS_ENDPOINT_URL=self.s3_endpoint,
