@@ -53,7 +53,7 @@ def train_dataset(data, seed=0, sampling="restricted"):
 def train_loader(data, num_workers=0, p=2, k=3, **kwargs):
     tracklets, source = data
     return build_train_loader(
-        tracklets, source, build_train_transform(H, W), seq_len=T, p=p, k=k, **kwargs,
+        tracklets, source, build_train_transform(H, W), seq_len=T, batch_size=p * k, k=k, **kwargs,
         num_workers=num_workers,
     )  # fmt: skip
 
