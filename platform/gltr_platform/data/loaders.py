@@ -193,8 +193,9 @@ def build_train_loader(
 
     sampler "pk": every identity once per epoch, batch_size / k identities x k tracklets per batch.
     sampler "tracklets": every tracklet once per epoch, shuffled (the official GLTR epoch); this rank's
-    last batch of an epoch may be short. Call `loader.sampler.set_epoch(epoch)` at the start of every
-    epoch; `loader.sampler.state_dict()` is what a checkpoint needs to resume the sample order.
+    last batch of an epoch may be short (but never a single clip). Call `loader.sampler.set_epoch(epoch)`
+    at the start of every epoch; `loader.sampler.state_dict()` is what a checkpoint needs to resume the
+    sample order.
     """
     dataset = TrainClipDataset(tracklets, source, seq_len, sampling, transform, label_map, seed)
     if sampler == "pk":
@@ -209,6 +210,9 @@ def build_train_loader(
         dataset,
         batch_size=batch_size,
         sampler=KeyedSampler(chosen),
+        # A short last batch is trained on, as officially, unless it is a single clip: BatchNorm cannot
+        # train on a batch of one. Every rank's share has the same length, so all ranks drop it or none.
+        drop_last=len(chosen) % batch_size == 1,
         **_worker_options(num_workers, prefetch_factor),
     )
 

@@ -5,8 +5,9 @@ The official code trains with `DataLoader(shuffle=True, batch_size=10)` over all
 distributed and resumable: every rank computes the same permutation from (seed, epoch) and keeps every
 num_replicas-th index from its rank on, so the shares are disjoint and equal in length (the last
 `len % num_replicas` tracklets of the permutation sit the epoch out; a new permutation picks others next
-epoch). Nothing is communicated. Use it as `DataLoader(dataset, batch_size=B, sampler=sampler)` without
-drop_last: one rank then keeps the official short last batch, and all ranks take the same number of steps.
+epoch). Nothing is communicated. Use it as `DataLoader(dataset, batch_size=B, sampler=sampler)`: every
+rank then keeps the official short last batch, and all ranks take the same number of steps
+(loaders.build_train_loader drops a last batch of one clip, on every rank alike).
 """
 
 from __future__ import annotations

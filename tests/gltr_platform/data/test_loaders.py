@@ -209,10 +209,10 @@ def test_tracklets_loader_visits_every_tracklet_once_in_batches_with_a_short_las
 
 
 def test_tracklets_loaders_of_two_ranks_share_the_epoch_without_overlap(data):
-    ranks = [train_loader(data, p=3, k=1, sampler="tracklets", num_replicas=2, rank=r) for r in (0, 1)]
+    ranks = [train_loader(data, p=4, k=1, sampler="tracklets", num_replicas=2, rank=r) for r in (0, 1)]
     draws = [[key.index for key in loader.sampler] for loader in ranks]
 
-    assert len(ranks[0]) == len(ranks[1]) == 3  # 7 tracklets each: batches of 3, 3, 1
+    assert len(ranks[0]) == len(ranks[1]) == 2  # 7 tracklets each: batches of 4 and 3
     assert not set(draws[0]) & set(draws[1]) and len(draws[0]) == len(draws[1]) == 7
 
 
@@ -229,3 +229,10 @@ def test_tracklets_loader_sampler_checkpoints_and_resumes_the_epoch(data):
 def test_an_unknown_sampler_is_rejected(data):
     with pytest.raises(ValueError, match="unknown sampler"):
         train_loader(data, sampler="random")
+
+
+def test_tracklets_loader_drops_a_last_batch_of_one_clip_which_batchnorm_cannot_train_on(data):
+    loader = train_loader(data, p=7, k=1, sampler="tracklets")  # 15 tracklets: 7, 7 and a lone one
+    sizes = [len(y) for _, y, _ in epoch_batches(loader, 0)]
+
+    assert loader.drop_last and sizes == [7, 7] and len(loader) == 2
