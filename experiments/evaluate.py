@@ -10,11 +10,11 @@ dataset), 3 a service (MLflow, S3) unreachable.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from gltr_platform.cli import Parser, run_main
+from gltr_platform.data.cache_root import DEFAULT_CACHE_ROOT, datasets_cache
 
 
 def build_parser() -> Parser:
@@ -28,7 +28,8 @@ def build_parser() -> Parser:
     )
     p.add_argument("--protocol", choices=["official", "torchreid"], help="default: the training run's")
     p.add_argument("--test-mode", choices=["whole", "chunks", "evenly"], help="default: the training run's")
-    p.add_argument("--cache-dir", default="~/.cache/gltr-platform", help="dataset cache (default: %(default)s)")
+    p.add_argument("--rerank", action="store_true", help="also rank by k-reciprocal re-ranking and print both results")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_ROOT, help="dataset cache (default: %(default)s)")
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
     )
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> None:
         data = cfg.model_copy(
             update={"data": cfg.data.model_copy(update={"source": args.data, "cache_dir": args.cache_dir})}
         )
-        cache = Path(os.path.expanduser(args.cache_dir)) / "datasets"
+        cache = datasets_cache(args.cache_dir)
         # The training run's split: another split's test half holds identities the model was trained on.
         index, source, info = open_dataset(resolve_source(data), cache, protocol=protocol, split=cfg.data.split)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(args.model, map_location=device).to(device).eval()
         metrics, cmc = retrieval_metrics(
-            model, index.query, index.gallery, source, protocol=protocol, prefix="",
+            model, index.query, index.gallery, source, protocol=protocol, prefix="", rerank=args.rerank,
             height=cfg.data.height, width=cfg.data.width, mode=mode, seq_len=cfg.data.seq_len,
             chunk_len=cfg.data.test_chunk_len, device=device,
         )  # fmt: skip
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
             "  ".join(f"rank-{r}: {100 * metrics[f'rank{r}']:.2f}%" for r in CMC_RANKS)
             + f"  mAP: {100 * metrics['mAP']:.2f}%"
         )
+        if args.rerank:
+            print(
+                f"re-ranked (k-reciprocal): rank-1: {100 * metrics['rank1_rerank']:.2f}%  "
+                f"mAP: {100 * metrics['mAP_rerank']:.2f}%"
+            )
         if args.json:
             print(json.dumps({**metrics, "cmc": [float(c) for c in cmc], "protocol": protocol}))
         return 0

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             f"test ({cfg.data.protocol} protocol): rank-1 {m.get('test_rank1', float('nan')):.3f}  "
             f"mAP {m.get('test_mAP', float('nan')):.3f}   {validation}"
         )
+        if "test_mAP_rerank" in m:
+            print(f"test re-ranked (k-reciprocal): rank-1 {m['test_rank1_rerank']:.3f}  mAP {m['test_mAP_rerank']:.3f}")
         print(f"model: {outcome.model_uri}\ncheckpoint: {outcome.checkpoint_path}")
         print(json.dumps({k: v for k, v in m.items() if k != "test_cmc"}, default=str))
         return 0

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from gltr_platform.data.cache_root import DEFAULT_CACHE_ROOT
 from gltr_platform.data.index import DatasetError
 from gltr_platform.data.manifest import PROTOCOLS
 
 USAGE_ERROR = 2  # gltr_platform.cli.BAD_INPUT, without importing it for --help
-DEFAULT_CACHE = "~/.cache/gltr/datasets"
+DEFAULT_CACHE = str(Path(DEFAULT_CACHE_ROOT) / "datasets")  # where training reads them (data.cache_dir)
 # synth's options: short names for SyntheticConfig fields; help comes from the fields' descriptions.
 _SYNTH_FLAGS = {
     "num_ids": "--ids",

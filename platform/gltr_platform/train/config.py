@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from gltr_platform.data.cache_root import DEFAULT_CACHE_ROOT
 from gltr_platform.errors import ConfigError
 
 # The names gltr_model.backbone.BACKBONES builds (a test keeps them equal; importing it here would load
@@ -46,7 +47,7 @@ class DataConfig(_Section):
         description="s3://bucket/prefix of a packed dataset, a local packed or raw MARS/DukeV/iLIDS-VID/PRID-2011 "
         "directory, or 'synthetic' (generated once into the cache)",
     )
-    cache_dir: str = Field("~/.cache/gltr-platform", description="node-local cache for synced datasets")
+    cache_dir: str = Field(DEFAULT_CACHE_ROOT, description="node-local cache for synced datasets")
     protocol: Literal["official", "torchreid"] = Field("official", description="test evaluation protocol")
     split: int = Field(
         0,
@@ -54,6 +55,11 @@ class DataConfig(_Section):
         le=9,
         description="iLIDS-VID and PRID-2011: which of their 10 train/test identity splits (results are averaged "
         "over all 10); other datasets have split 0 only",
+    )
+    rerank: bool = Field(
+        False,
+        description="also report test_rank1_rerank and test_mAP_rerank: the test split ranked by k-reciprocal "
+        "re-ranking (Zhong et al. 2017; k1 20, k2 6, lambda 0.3)",
     )
     val_ids: int = Field(
         8,

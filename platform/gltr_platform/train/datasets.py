@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gltr_platform.data.cache_root import datasets_cache
 from gltr_platform.data.index import DatasetIndex, FrameSource
 from gltr_platform.data.resolve import check_spec, open_dataset
 from gltr_platform.data.synthetic import SyntheticConfig, ensure_synthetic_mars
@@ -45,7 +46,10 @@ def check_source(cfg: TrainConfig) -> None:
 
 def open_training_data(cfg: TrainConfig, progress: bool = False) -> tuple[DatasetIndex, FrameSource, dict[str, Any]]:
     """Index, frame source and info (uri, version hash) of the run's dataset, synced once per node."""
-    cache = Path(os.path.expanduser(cfg.data.cache_dir))
     return open_dataset(
-        resolve_source(cfg), cache / "datasets", protocol=cfg.data.protocol, split=cfg.data.split, progress=progress
+        resolve_source(cfg),
+        datasets_cache(cfg.data.cache_dir),
+        protocol=cfg.data.protocol,
+        split=cfg.data.split,
+        progress=progress,
     )

@@ -226,7 +226,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _sync_buffers(core)
             test, cmc = retrieval_metrics(
                 core, splits.test.query, splits.test.gallery, splits.source,
-                protocol=cfg.data.protocol, prefix="test_", **extract,
+                protocol=cfg.data.protocol, prefix="test_", rerank=cfg.data.rerank, **extract,
             )  # fmt: skip
             metrics.update(test)
             metrics["test_cmc"] = [float(x) for x in cmc]

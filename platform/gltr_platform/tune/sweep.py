@@ -30,6 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from gltr_platform.data.cache_root import DEFAULT_CACHE_ROOT
 from gltr_platform.train.config import ConfigError, TrainConfig, validate_config
 from gltr_platform.train.tracking import (
     check_tracking_store,
@@ -178,7 +179,7 @@ def _keep_credentials_out_of_trial_runtime_envs() -> None:
 
 def _default_study_url(tune_root: str, name: str) -> str:
     if "://" in tune_root:  # Tune results in S3: keep the study beside the driver instead
-        directory = Path(os.path.expanduser("~/.cache/gltr-platform/optuna"))
+        directory = Path(os.path.expanduser(DEFAULT_CACHE_ROOT)) / "optuna"
     else:
         directory = Path(tune_root) / name
     directory.mkdir(parents=True, exist_ok=True)

@@ -160,3 +160,24 @@ def test_an_unreachable_endpoint_is_one_line_and_debug_shows_the_traceback(capsy
     debug = cli("--debug", "sync", "s3://bucket/mars", "--cache", tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert "EndpointUnreachable: cannot reach the S3 endpoint" in debug.stderr
+
+
+def test_a_node_prewarmed_by_the_data_cli_is_the_cache_training_reads(capsys, s3_env, s3_bucket, tmp_path, monkeypatch):
+    """`python -m gltr_platform.data sync` with no --cache fills the cache a training run opens."""
+    from gltr_platform.train.config import build_config
+    from gltr_platform.train.datasets import open_training_data
+
+    code, _, err = run_main(capsys, "synth", tmp_path / "mars", "--ids", "3", "--test-ids", "3",
+                            "--cameras", "2", "--min-frames", "3", "--max-frames", "6")  # fmt: skip
+    assert code == 0, err
+    uri = f"s3://{s3_bucket}/mars/prewarm"
+    assert run_main(capsys, "pack", tmp_path / "mars", uri, "--shard-size", "16KB")[0] == 0
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert run_main(capsys, "sync", uri, "--no-progress")[0] == 0
+    assert len(list((tmp_path / "home").rglob(".complete"))) == 1
+
+    s3_env.log.clear()
+    _, _, info = open_training_data(build_config("cpu-demo", {"data.source": uri}))
+    shard_gets = [p for m, p in s3_env.log.requests if m == "GET" and "/shards/" in p]
+    assert not shard_gets, shard_gets  # a cache hit: only the manifest is read again
+    assert str(info["version"]) in {p.parent.name for p in (tmp_path / "home").rglob(".complete")}

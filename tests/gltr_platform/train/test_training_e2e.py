@@ -138,6 +138,7 @@ def trained(cluster):
         {
             "data.source": "s3://e2e/datasets/synth",
             "data.cache_dir": str(base / "cache"),
+            "data.rerank": True,
             "run.storage_path": "s3://e2e/checkpoints",
             "run.tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
             "run.name": "e2e-run",
@@ -171,6 +172,7 @@ def test_loss_decreases_and_validation_beats_chance(trained):
     chance = 1 / cfg.data.val_ids  # one query per held-out identity, all of them in the gallery
     assert outcome.metrics["val_rank1"] >= 3 * chance
     assert 0.0 <= outcome.metrics["test_mAP"] <= 1.0 and "test_rank20" in outcome.metrics
+    assert 0.0 <= outcome.metrics["test_mAP_rerank"] <= 1.0 and "test_rank1_rerank" in outcome.metrics
 
 
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_resumes_from_its_last_checkpoint(trained):
@@ -261,10 +263,13 @@ def test_evaluate_cli_scores_a_registered_model_like_the_run_did(trained):
     result = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parents[3] / "experiments" / "evaluate.py"),
          "--model", "models:/e2e-gltr@champion", "--data", "s3://e2e/datasets/synth",
-         "--tracking-uri", cfg.run.tracking_uri, "--cache-dir", cfg.data.cache_dir, "--device", "cpu", "--json"],
+         "--tracking-uri", cfg.run.tracking_uri, "--cache-dir", cfg.data.cache_dir, "--device", "cpu",
+         "--rerank", "--json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["protocol"] == "official"
     assert scores["mAP"] == pytest.approx(outcome.metrics["test_mAP"], abs=1e-4)  # same model, data, protocol
+    assert scores["mAP_rerank"] == pytest.approx(outcome.metrics["test_mAP_rerank"], abs=1e-4)
+    assert "re-ranked (k-reciprocal)" in result.stdout
