@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
         cfg = config_from_args(args)
         if args.print_config:
-            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+            print("# derived (logged as MLflow params):", json.dumps(cfg.derived()))
             return 0
         check_source(cfg)
         from gltr_platform.train.trainer import run_training, storage_path
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         outcome = run_training(cfg, resume=args.resume, connect=connect)
         m = outcome.metrics
         print(f"\nrun {outcome.run_name} finished: {m.get('epoch')} epochs, MLflow run {outcome.mlflow_run_id}")
+        validation = f"validation mAP {m['val_mAP']:.3f}" if "val_mAP" in m else "no validation split"
         print(
             f"test ({cfg.data.protocol} protocol): rank-1 {m.get('test_rank1', float('nan')):.3f}  "
-            f"mAP {m.get('test_mAP', float('nan')):.3f}   validation mAP {m.get('val_mAP', float('nan')):.3f}"
+            f"mAP {m.get('test_mAP', float('nan')):.3f}   {validation}"
         )
         if "test_mAP_rerank" in m:
             print(f"test re-ranked (k-reciprocal): rank-1 {m['test_rank1_rerank']:.3f}  mAP {m['test_mAP_rerank']:.3f}")

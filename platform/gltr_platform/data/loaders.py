@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gltr_platform.data.clip_sampling import SamplingMode, chunk_indices, sample_clip
 from gltr_platform.data.index import FrameSource, Tracklet, relabel
 from gltr_platform.data.pk_sampler import DistributedPKSampler
+from gltr_platform.data.tracklet_sampler import DistributedTrackletSampler
 from gltr_platform.data.transforms import ClipTransform, decode_frames
 
 TestMode = Literal["whole", "chunks", "evenly"]
+SamplerKind = Literal["pk", "tracklets"]
 
 
 class ClipKey(NamedTuple):
@@ -87,10 +89,10 @@ class TrainClipDataset(Dataset):
         return clip, self.labels[key.index], tracklet.camid
 
 
-class KeyedPKSampler(Sampler[ClipKey]):
-    """A DistributedPKSampler whose indices come tagged as ClipKeys for TrainClipDataset."""
+class KeyedSampler(Sampler[ClipKey]):
+    """A training sampler (PK or plain tracklets) whose indices come tagged as ClipKeys for TrainClipDataset."""
 
-    def __init__(self, sampler: DistributedPKSampler):
+    def __init__(self, sampler: DistributedPKSampler | DistributedTrackletSampler):
         self.sampler = sampler
 
     def set_epoch(self, epoch: int) -> None:
@@ -176,8 +178,9 @@ def build_train_loader(
     transform: ClipTransform,
     *,
     seq_len: int,
-    p: int,
-    k: int,
+    batch_size: int,
+    sampler: SamplerKind = "pk",
+    k: int = 1,
     sampling: SamplingMode = "consecutive",
     seed: int = 0,
     num_replicas: int = 1,
@@ -186,18 +189,30 @@ def build_train_loader(
     prefetch_factor: int = 2,
     label_map: dict[int, int] | None = None,
 ) -> DataLoader:
-    """P x K batches of (clips (P*K, T, 3, H, W), labels, camids) for this rank.
+    """Batches of (clips (batch_size, T, 3, H, W), labels, camids) for this rank.
 
-    Call `loader.sampler.set_epoch(epoch)` at the start of every epoch; `loader.sampler.state_dict()`
-    is what a checkpoint needs to resume the sample order.
+    sampler "pk": every identity once per epoch, batch_size / k identities x k tracklets per batch.
+    sampler "tracklets": every tracklet once per epoch, shuffled (the official GLTR epoch); this rank's
+    last batch of an epoch may be short (but never a single clip). Call `loader.sampler.set_epoch(epoch)`
+    at the start of every epoch; `loader.sampler.state_dict()` is what a checkpoint needs to resume the
+    sample order.
     """
     dataset = TrainClipDataset(tracklets, source, seq_len, sampling, transform, label_map, seed)
-    pk = DistributedPKSampler(dataset.labels, p, k, num_replicas=num_replicas, rank=rank, seed=seed)
+    if sampler == "pk":
+        if batch_size % k:
+            raise ValueError(f"batch_size {batch_size} is not divisible by k {k}")
+        chosen = DistributedPKSampler(dataset.labels, batch_size // k, k, num_replicas, rank, seed=seed)
+    elif sampler == "tracklets":
+        chosen = DistributedTrackletSampler(len(dataset), num_replicas, rank, seed=seed)
+    else:
+        raise ValueError(f'unknown sampler {sampler!r}; expected "pk" or "tracklets"')
     return DataLoader(
         dataset,
-        batch_size=pk.batch_size,
-        sampler=KeyedPKSampler(pk),
-        drop_last=True,
+        batch_size=batch_size,
+        sampler=KeyedSampler(chosen),
+        # A short last batch is trained on, as officially, unless it is a single clip: BatchNorm cannot
+        # train on a batch of one. Every rank's share has the same length, so all ranks drop it or none.
+        drop_last=len(chosen) % batch_size == 1,
         **_worker_options(num_workers, prefetch_factor),
     )
 

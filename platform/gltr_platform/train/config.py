@@ -61,7 +61,17 @@ class DataConfig(_Section):
         description="also report test_rank1_rerank and test_mAP_rerank: the test split ranked by k-reciprocal "
         "re-ranking (Zhong et al. 2017; k1 20, k2 6, lambda 0.3)",
     )
-    val_ids: int = Field(8, ge=1, description="training identities held out as the validation split")
+    val_ids: int = Field(
+        8,
+        ge=0,
+        description="training identities held out as the validation split; 0: no validation, train on all of "
+        "them (checkpoints are then kept newest first, and the run's metric is the test set)",
+    )
+    sampler: Literal["pk", "tracklets"] = Field(
+        "pk",
+        description="pk: every identity once per epoch, P x K per batch; tracklets: every tracklet once per "
+        "epoch, shuffled (the official GLTR epoch; needs train.num_instances=1)",
+    )
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)
     seq_len: int = Field(16, ge=1, description="frames per training clip (T)")
@@ -131,12 +141,16 @@ class OptimConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     triplet_weight: float = Field(0.0, ge=0)
     triplet_margin: float | None = 0.3
+    scale_lr: Literal["none", "linear"] = Field(
+        "none",
+        description="linear: lr x scaling.num_workers (the global batch grows with the workers); none: lr as set",
+    )
 
 
 class TrainLoopConfig(_Section):
     epochs: int = Field(400, ge=1)
     batch_size: int = Field(10, ge=1, description="tracklets per step per worker (P x K)")
-    num_instances: int = Field(1, ge=1, description="K: tracklets per identity in a batch")
+    num_instances: int = Field(1, ge=1, description="K: tracklets per identity in a batch (pk sampler)")
     eval_every: int = Field(10, ge=1, description="validate every k epochs (and after the last)")
     seed: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, off on CPU")
@@ -186,10 +200,33 @@ class TrainConfig(_Section):
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
 
+    @model_validator(mode="after")
+    def _k_belongs_to_the_pk_sampler(self) -> TrainConfig:
+        if self.data.sampler == "tracklets" and self.train.num_instances != 1:
+            raise ValueError(
+                f"train.num_instances (K) is {self.train.num_instances}, but data.sampler 'tracklets' draws "
+                "tracklets, not identities: set train.num_instances=1 or data.sampler=pk"
+            )
+        return self
+
     @property
     def p(self) -> int:
         """Identities per batch."""
         return self.train.batch_size // self.train.num_instances
+
+    @property
+    def global_batch_size(self) -> int:
+        """Tracklets per optimizer step over all data-parallel workers."""
+        return self.train.batch_size * self.scaling.num_workers
+
+    @property
+    def effective_lr(self) -> float:
+        """The base learning rate the optimizer starts from, after `optim.scale_lr`."""
+        return self.optim.lr * (self.scaling.num_workers if self.optim.scale_lr == "linear" else 1)
+
+    def derived(self) -> dict[str, Any]:
+        """What the settings amount to for this run (MLflow params next to `flat()`)."""
+        return {"train.global_batch_size": self.global_batch_size, "optim.effective_lr": self.effective_lr}
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to scalar values, e.g. {"model.dilations": "1,2,3"}: MLflow params, tables."""
@@ -203,13 +240,36 @@ class TrainConfig(_Section):
         return out
 
 
-# Presets: the paper's recipe, a modern re-ID recipe, and a CPU demo that runs in minutes on 2 cores.
+# Presets: the official code's recipe (item by item, with sources, in docs/paper-recipe.md), a modern re-ID
+# recipe, and a CPU demo that runs in minutes on 2 cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "model": {"backbone": "resnet50", "pretrained": "IMAGENET1K_V1", "dilations": [1, 2, 3]},
-        "data": {"height": 256, "width": 128, "seq_len": 16, "sampling": "consecutive"},
-        "optim": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "lr_step": 120},
-        "train": {"epochs": 400, "batch_size": 10, "num_instances": 1},
+        "data": {
+            "height": 256,
+            "width": 128,
+            "seq_len": 16,
+            "sampling": "consecutive",
+            "sampler": "tracklets",
+            "val_ids": 0,
+            "flip_p": 0.0,
+            "pad": 0,
+            "erase_p": 0.0,
+            "test_mode": "whole",
+        },
+        "optim": {
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "lr_step": 120,
+            "lr_gamma": 0.1,
+            "warmup_epochs": 0,
+            "label_smoothing": 0.0,
+            "triplet_weight": 0.0,
+            "scale_lr": "none",
+        },
+        "train": {"epochs": 500, "batch_size": 10, "num_instances": 1, "amp": "off"},
         "scaling": {"use_gpu": True},
     },
     "modern": {

@@ -1,9 +1,10 @@
 """The per-worker training loop: plain PyTorch, with Ray Train at its edges (prepare_model, report).
 
-Every worker runs `train_loop_per_worker(config)`. Rank r draws its own PK batches, DDP averages the
-gradients, and every epoch all ranks call `ray.train.report` (rank 0 attaches the checkpoint). On a
-restart after a failure the loop resumes from `ray.train.get_checkpoint()` at the next epoch, or, when
-that checkpoint is damaged, from the newest earlier one in the run's storage that loads.
+Every worker runs `train_loop_per_worker(config)`. Rank r draws its own batches (PK, or its share of
+the shuffled tracklets), DDP averages the gradients, and every epoch all ranks call `ray.train.report`
+(rank 0 attaches the checkpoint). On a restart after a failure the loop resumes from
+`ray.train.get_checkpoint()` at the next epoch, or, when that checkpoint is damaged, from the newest
+earlier one in the run's storage that loads.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gltr_platform.train.config import TrainConfig
 from gltr_platform.train.datasets import open_training_data
 from gltr_platform.train.retrieval import retrieval_metrics
 
-CHECKPOINT_SCORE = "ckpt_score"  # validation mAP on validated epochs, -1 otherwise (kept first to go)
+CHECKPOINT_SCORE = "ckpt_score"  # what Ray Train keeps the best `run.keep_checkpoints` of: see checkpoint_score
 
 
 @dataclass
@@ -68,12 +69,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> GLTR:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (official) or Adam, weight decay on every parameter."""
+    """SGD with momentum (official) or Adam, weight decay on every parameter, at `cfg.effective_lr`."""
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
     if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.effective_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.effective_lr, weight_decay=o.weight_decay)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -97,14 +98,35 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def prepare_splits(cfg: TrainConfig) -> Splits:
-    """Dataset (synced once per node), the validation split carved from training ids, and labels."""
+    """Dataset (synced once per node), the validation split carved from training ids, and labels.
+
+    With `data.val_ids = 0` there is no validation split: every training identity is trained on.
+    """
     index, source, _ = open_training_data(cfg)
+    if cfg.data.val_ids == 0:
+        return Splits(list(index.train), [], [], index, relabel(index.train), source)
     val = carve_validation(index.train, cfg.data.val_ids, seed=cfg.train.seed)
     return Splits(val.train, val.query, val.gallery, index, relabel(val.train), source)
 
 
+def validates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether `epoch` ends with validation: every eval_every epochs and the last, if there is a split."""
+    return cfg.data.val_ids > 0 and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs)
+
+
+def checkpoint_score(cfg: TrainConfig, epoch: int, val_map: float | None) -> float:
+    """The score Ray Train ranks checkpoints by (higher is kept).
+
+    With validation: the validation mAP on validated epochs, -1 otherwise (first to go). Without it
+    there is nothing to rank by, so the epoch: the newest `run.keep_checkpoints` checkpoints are kept.
+    """
+    if cfg.data.val_ids == 0:
+        return float(epoch)
+    return -1.0 if val_map is None else float(val_map)
+
+
 def build_loader(cfg: TrainConfig, splits: Splits, rank: int = 0, world: int = 1):
-    """This rank's PK-batched training loader; it hands out uint8 clips (train_one_epoch normalises)."""
+    """This rank's training loader (`data.sampler`); it hands out uint8 clips (train_one_epoch normalises)."""
     return build_train_loader(
         splits.train,
         splits.source,
@@ -117,7 +139,8 @@ def build_loader(cfg: TrainConfig, splits: Splits, rank: int = 0, world: int = 1
             normalize=False,  # 4x less to move between processes and to the GPU
         ),
         seq_len=cfg.data.seq_len,
-        p=cfg.p,
+        batch_size=cfg.train.batch_size,
+        sampler=cfg.data.sampler,
         k=cfg.train.num_instances,
         sampling=cfg.data.sampling,
         seed=cfg.train.seed,
@@ -185,18 +208,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if epoch == start_epoch and resumed_from is not None:  # in MLflow: where a restarted run picked up
             metrics["resumed_from_epoch"] = resumed_from
         last = epoch == cfg.train.epochs
-        metrics[CHECKPOINT_SCORE] = -1.0
-        if epoch % cfg.train.eval_every == 0 or last:
+        val_map = None
+        if validates(cfg, epoch):
             _sync_buffers(core)
             val, _ = retrieval_metrics(
                 core, splits.val_query, splits.val_gallery, splits.source,
                 protocol="torchreid", prefix="val_", **extract,
             )  # fmt: skip
             metrics.update(val)
-            metrics[CHECKPOINT_SCORE] = val["val_mAP"]
-            best_val = max(best_val, val["val_mAP"])
-        metrics["best_val_mAP"] = best_val
+            val_map = val["val_mAP"]
+            best_val = max(best_val, val_map)
+        metrics[CHECKPOINT_SCORE] = checkpoint_score(cfg, epoch, val_map)
+        if cfg.data.val_ids > 0:  # without a validation split there is no best to report (the Tune metric)
+            metrics["best_val_mAP"] = best_val
         if last:
+            if val_map is None:
+                _sync_buffers(core)
             test, cmc = retrieval_metrics(
                 core, splits.test.query, splits.test.gallery, splits.source,
                 protocol=cfg.data.protocol, prefix="test_", rerank=cfg.data.rerank, **extract,

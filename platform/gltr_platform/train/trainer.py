@@ -134,7 +134,8 @@ def run_training(
     if connect is not None:
         connect()
     if run_id is None:
-        run_id = start_run(uri, cfg.run.experiment, name, cfg.flat(), tags, parent_run_id)
+        # The settings, and what they amount to on this many workers (global batch, learning rate used).
+        run_id = start_run(uri, cfg.run.experiment, name, {**cfg.flat(), **cfg.derived()}, tags, parent_run_id)
     else:
         MlflowClient(uri).update_run(run_id, status="RUNNING")
     failed = True
@@ -167,7 +168,8 @@ def run_training(
 
 
 def build_trainer(cfg: TrainConfig, storage: str, callbacks: list) -> TorchTrainer:
-    """The TorchTrainer for `cfg`: gloo on CPU, NCCL on GPU, best-k checkpoints by validation mAP."""
+    """The TorchTrainer for `cfg`: gloo on CPU, NCCL on GPU, best-k checkpoints by `loop.checkpoint_score`
+    (validation mAP; the newest k when the run has no validation split)."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:

@@ -87,8 +87,18 @@ def trial_config(base: TrainConfig, params: dict[str, Any], **run_updates: Any) 
     return validate_config(tree)
 
 
+def check_sweepable(base: TrainConfig) -> None:
+    """ConfigError unless `base` has a validation split: trials are ranked (and stopped) by validation mAP."""
+    if base.data.val_ids == 0:
+        raise ConfigError(
+            "a sweep ranks trials by validation mAP (best_val_mAP), but data.val_ids is 0 (no validation split, "
+            "as in the paper preset): set data.val_ids to the number of training identities to hold out, e.g. 8"
+        )
+
+
 def load_search_space(path: str | Path, base: TrainConfig) -> SearchSpace:
-    """Read and validate a search space file, and check every combination against `base`."""
+    """Read and validate a search space file, and check `base` and every combination against it."""
+    check_sweepable(base)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:

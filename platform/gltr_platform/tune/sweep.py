@@ -41,7 +41,7 @@ from gltr_platform.train.tracking import (
     start_run,
 )
 from gltr_platform.train.trainer import MODEL_URI_TAG, dataset_tags, existing_run, run_training
-from gltr_platform.tune.search_space import SearchSpace, trial_config
+from gltr_platform.tune.search_space import SearchSpace, check_sweepable, trial_config
 
 SWEEP_TAG = "gltr.sweep_name"
 METRIC = "best_val_mAP"
@@ -120,6 +120,7 @@ def run_sweep(
 
     `connect` (joining the Ray cluster) runs once the inputs are checked, before anything is created.
     """
+    check_sweepable(base)
     uri = resolve_tracking_uri(base.run.tracking_uri)
     check_tracking_store(uri)
     base = base.model_copy(update={"run": base.run.model_copy(update={"tracking_uri": uri})})

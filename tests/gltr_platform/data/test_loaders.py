@@ -53,7 +53,7 @@ def train_dataset(data, seed=0, sampling="restricted"):
 def train_loader(data, num_workers=0, p=2, k=3, **kwargs):
     tracklets, source = data
     return build_train_loader(
-        tracklets, source, build_train_transform(H, W), seq_len=T, p=p, k=k, **kwargs,
+        tracklets, source, build_train_transform(H, W), seq_len=T, batch_size=p * k, k=k, **kwargs,
         num_workers=num_workers,
     )  # fmt: skip
 
@@ -196,3 +196,43 @@ def test_a_corrupt_jpeg_raises_dataset_error_naming_the_frame(tmp_path):
     train = TrainClipDataset([tracklet], source, T, "evenly", build_train_transform(H, W))
     with pytest.raises(DatasetError, match=bad):
         train[0]
+
+
+def test_tracklets_loader_visits_every_tracklet_once_in_batches_with_a_short_last_one(data):
+    tracklets, _ = data
+    loader = train_loader(data, p=4, k=1, sampler="tracklets")  # 15 tracklets: batches of 4, 4, 4, 3
+    batches = epoch_batches(loader, 0)
+    labels = sorted(int(x) for _, y, _ in batches for x in y)
+
+    assert [len(y) for _, y, _ in batches] == [4, 4, 4, 3] and len(loader) == 4
+    assert labels == sorted(PIDS.index(t.pid) for t in tracklets)
+
+
+def test_tracklets_loaders_of_two_ranks_share_the_epoch_without_overlap(data):
+    ranks = [train_loader(data, p=4, k=1, sampler="tracklets", num_replicas=2, rank=r) for r in (0, 1)]
+    draws = [[key.index for key in loader.sampler] for loader in ranks]
+
+    assert len(ranks[0]) == len(ranks[1]) == 2  # 7 tracklets each: batches of 4 and 3
+    assert not set(draws[0]) & set(draws[1]) and len(draws[0]) == len(draws[1]) == 7
+
+
+def test_tracklets_loader_sampler_checkpoints_and_resumes_the_epoch(data):
+    loader = train_loader(data, p=4, k=1, sampler="tracklets", seed=4)
+    loader.sampler.set_epoch(3)
+    expected = [labels.tolist() for _, labels, _ in loader]
+    resumed = train_loader(data, p=4, k=1, sampler="tracklets")
+    resumed.sampler.load_state_dict(loader.sampler.state_dict())
+
+    assert [labels.tolist() for _, labels, _ in resumed] == expected
+
+
+def test_an_unknown_sampler_is_rejected(data):
+    with pytest.raises(ValueError, match="unknown sampler"):
+        train_loader(data, sampler="random")
+
+
+def test_tracklets_loader_drops_a_last_batch_of_one_clip_which_batchnorm_cannot_train_on(data):
+    loader = train_loader(data, p=7, k=1, sampler="tracklets")  # 15 tracklets: 7, 7 and a lone one
+    sizes = [len(y) for _, y, _ in epoch_batches(loader, 0)]
+
+    assert loader.drop_last and sizes == [7, 7] and len(loader) == 2

@@ -219,3 +219,30 @@ def test_backbone_names_match_the_model_library():
     from gltr_platform.train.config import BACKBONE_NAMES
 
     assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
+
+
+def test_no_validation_split_is_allowed_but_not_a_negative_one():
+    assert build_config("cpu-demo", {"data.val_ids": 0}).data.val_ids == 0
+    assert "data.val_ids" in config_error({"data.val_ids": -1})
+
+
+def test_the_tracklets_sampler_draws_no_identities_so_k_must_be_1():
+    message = config_error({"data.sampler": "tracklets"})  # cpu-demo has K = 2
+
+    assert "train.num_instances" in message and "data.sampler" in message
+    assert_one_problem(message)
+    cfg = build_config("cpu-demo", {"data.sampler": "tracklets", "train.num_instances": 1})
+    assert cfg.data.sampler == "tracklets"
+
+
+def test_an_unknown_sampler_or_scaling_rule_fails_naming_the_key():
+    assert "data.sampler" in config_error({"data.sampler": "random"})
+    assert "optim.scale_lr" in config_error({"optim.scale_lr": "sqrt"})
+
+
+@pytest.mark.parametrize(("rule", "lr"), [("none", 3e-3), ("linear", 4 * 3e-3)])
+def test_derived_params_give_the_global_batch_and_the_learning_rate_used(rule, lr):
+    cfg = build_config("cpu-demo", {"scaling.num_workers": 4, "optim.scale_lr": rule})
+
+    assert cfg.derived() == {"train.global_batch_size": 32, "optim.effective_lr": pytest.approx(lr)}
+    assert not set(cfg.derived()) & set(cfg.flat())  # logged next to the settings, never in place of one

@@ -212,6 +212,9 @@ def test_mlflow_run_holds_config_tags_artifacts_and_ends_finished(trained):
     assert run.info.status == "FINISHED" and run.info.run_name == "e2e-run"
     assert run.data.params["model.dilations"] == "1,2,3"
     assert run.data.params["data.source"] == "s3://e2e/datasets/synth"
+    # What the settings amount to on 2 workers: the global batch and the learning rate the optimizer used.
+    assert run.data.params["train.global_batch_size"] == str(2 * cfg.train.batch_size)
+    assert run.data.params["optim.effective_lr"] == str(cfg.effective_lr)
     tags = run.data.tags
     for key in ("git.commit", "dataset.version", "dataset.uri", "torch.version", "ray.version", "protocol"):
         assert tags.get(key), key
